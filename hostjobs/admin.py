@@ -1,0 +1,43 @@
+from django.contrib import admin
+
+from hostjobs.models import Host, HostJob
+
+
+@admin.register(Host)
+class HostAdmin(admin.ModelAdmin):
+    list_display = ["name", "address", "port", "ssh_user", "pool_path", "created"]
+    search_fields = ["name", "address"]
+
+
+class ChildJobInline(admin.TabularInline):
+    model = HostJob
+    fk_name = "parent"
+    extra = 0
+    can_delete = False
+    fields = ["kind", "action", "status", "progress", "description", "error", "started", "completed"]
+    readonly_fields = fields
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(HostJob)
+class HostJobAdmin(admin.ModelAdmin):
+    list_display = ["id", "action", "kind", "status", "progress", "host", "target", "created", "completed"]
+    list_filter = ["status", "kind", "action", "host"]
+    search_fields = ["target", "description", "error"]
+    readonly_fields = [f.name for f in HostJob._meta.fields]
+    inlines = [ChildJobInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("host")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return obj is not None and obj.is_terminal and super().has_delete_permission(request, obj)

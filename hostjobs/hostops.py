@@ -1,0 +1,121 @@
+"""Calls to vmseal's helper on a host (``hooks/vmseal_host.py``), deployed on demand.
+
+The helper and the volume rules are shipped as one bundle to ``/var/lib/vmseal/lib/<digest>/``;
+a call that finds its bundle missing uploads it (one tar over the same SSH connection) and retries,
+so a normal call is one SSH round trip and a changed helper never mixes with an old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Callable, Sequence
+from functools import cache
+from pathlib import Path
+
+from hostjobs import transport
+from hostjobs.errors import HostCommandFailed, VolumeRefused
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLE = {"vmseal_host.py": ROOT / "hooks" / "vmseal_host.py", "vmseal_rules.py": ROOT / "volumes" / "rules.py"}
+REMOTE_LIB = "/var/lib/vmseal/lib"
+MISSING = 111  # exit status of the probe when the bundle is not on the host
+PYTHON = "/usr/bin/python3"  # Debian's python: the one python3-guestfs imports from
+
+
+@cache
+def bundle() -> tuple[str, bytes]:
+    h = hashlib.sha256()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, path in sorted(BUNDLE.items()):
+            data = path.read_bytes()
+            h.update(name.encode() + b"\0" + data)
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+    return h.hexdigest()[:16], buf.getvalue()
+
+
+def remote_dir() -> str:
+    return f"{REMOTE_LIB}/{bundle()[0]}"
+
+
+def install(host) -> None:
+    digest, tar = bundle()
+    final = f"{REMOTE_LIB}/{digest}"
+    tmp = f"{final}.tmp"
+    script = (f"set -e; rm -rf {tmp}; mkdir -p {tmp}; tar -x -C {tmp}; "
+              f"if [ -e {final} ]; then rm -rf {tmp}; else mv -T {tmp} {final}; fi")
+    transport.run(host, ["sh", "-c", script], input=tar, timeout=60)
+
+
+def helper(host, args: Sequence[str], *, timeout: float = 600, on_line: Callable[[str], None] | None = None):
+    """Run a helper subcommand; return its JSON result. Raises VolumeRefused when the host refused
+    by the volume rules, HostCommandFailed on other failures."""
+    script = f"{remote_dir()}/vmseal_host.py"
+    argv = ["sh", "-c", f'test -f {script} || exit {MISSING}; exec {PYTHON} {script} "$@"', "vmseal_host", *args]
+    for attempt in (1, 2):
+        proc = transport.run(host, argv, timeout=timeout, on_line=on_line, check=False)
+        if proc.returncode == MISSING and attempt == 1:
+            install(host)
+            continue
+        break
+    result = _last_json(proc.stdout)
+    if proc.returncode == 3 and result:
+        raise VolumeRefused(result.get("message", "refused by the host"), detail=result.get("error", ""))
+    if result is None or (proc.returncode not in (0,) and "exit_code" not in result):
+        msg = (result or {}).get("message") or transport._last_error_line(proc.stdout + proc.stderr)
+        raise HostCommandFailed(f"{args[0]} on {host} failed: {msg}",
+                                detail=(proc.stdout + proc.stderr)[-4000:], exit_code=proc.returncode)
+    return result
+
+
+def _last_json(text: str) -> dict | None:
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{") and line.endswith("}"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                return None
+    return None
+
+
+# -- storage verbs -----------------------------------------------------------------------------------
+def create_volume(host, vol_id: str, source: str, source_format: str) -> dict:
+    from django.conf import settings
+
+    return helper(host, ["create-volume", "--pool", host.pool_path, "--id", vol_id, "--source", source,
+                         "--source-format", source_format], timeout=settings.VMSEAL_COPY_TIMEOUT)
+
+
+def update_volume(host, vol_id: str, *, generation: int, legality: str | None = None,
+                  type: str | None = None) -> dict:
+    args = ["update-volume", "--pool", host.pool_path, "--id", vol_id, "--generation", str(generation)]
+    if legality:
+        args += ["--legality", legality]
+    if type:
+        args += ["--type", type]
+    return helper(host, args, timeout=60)
+
+
+def delete_volume(host, vol_id: str) -> dict:
+    return helper(host, ["delete-volume", "--pool", host.pool_path, "--id", vol_id], timeout=120)
+
+
+def volume_info(host, vol_id: str) -> dict:
+    return helper(host, ["volume-info", "--pool", host.pool_path, "--id", vol_id], timeout=60)
+
+
+def run_on_volumes(host, vol_ids: Sequence[str], argv: Sequence[str], *, env: dict[str, str],
+                   timeout: float, on_line: Callable[[str], None] | None = None) -> dict:
+    """Run ``argv`` on the host after the host checked that none of ``vol_ids`` is SHARED."""
+    args = ["run", "--pool", host.pool_path]
+    for v in vol_ids:
+        args += ["--writable", v]
+    for k, v in env.items():
+        args += ["--env", f"{k}={v}"]
+    return helper(host, [*args, "--", *argv], timeout=timeout, on_line=on_line)

@@ -1,0 +1,179 @@
+"""Hosts and host jobs.
+
+A HostJob is one unit of asynchronous work on a host, in vdsm's sense: a *storage* job touches one
+volume (copy, update_volume, delete), a *virt* job works on all the disks of a template (seal). The
+*operation* job is the parent a client follows: it stays non-terminal until the whole flow,
+rollback included, has ended. Status changes go through guarded transitions (vdsm jobs.py):
+
+    pending -> running -> done | failed;  pending -> aborted;  running -> aborting -> aborted
+"""
+
+import uuid
+
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+from hostjobs.errors import InvalidTransition
+
+
+class Host(models.Model):
+    name = models.CharField(max_length=64, unique=True)
+    address = models.GenericIPAddressField(help_text="IP address of the host's sshd")
+    port = models.PositiveIntegerField(default=22, validators=[MinValueValidator(1), MaxValueValidator(65535)])
+    ssh_user = models.CharField(max_length=32, default="root")
+    host_key = models.TextField(
+        help_text="The host's SSH public key line (e.g. from /etc/ssh/ssh_host_ed25519_key.pub). "
+        "Pinned: a host presenting another key is refused."
+    )
+    pool_path = models.CharField(
+        max_length=255,
+        default="/var/lib/vmseal/templates",
+        help_text="Directory of the libvirt dir pool holding template volumes; created on first use.",
+    )
+    guestfs_backend_settings = models.CharField(
+        max_length=128,
+        blank=True,
+        default="",
+        help_text="LIBGUESTFS_BACKEND_SETTINGS on this host, e.g. force_tcg where KVM is unavailable.",
+    )
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def libvirt_uri(self) -> str:
+        return f"qemu+ssh://{self.ssh_user}@{self.address}:{self.port}/system"
+
+
+class JobKind(models.TextChoices):
+    OPERATION = "operation", "Operation"
+    STORAGE = "storage", "Storage"
+    VIRT = "virt", "Virt"
+
+
+class JobAction(models.TextChoices):
+    CREATE_TEMPLATE = "create_template", "Create template"
+    COPY = "copy", "Copy volume"
+    UPDATE_VOLUME = "update_volume", "Update volume"
+    DELETE = "delete", "Delete volume"
+    SEAL = "seal", "Seal"
+
+
+ACTION_KIND = {
+    JobAction.CREATE_TEMPLATE: JobKind.OPERATION,
+    JobAction.COPY: JobKind.STORAGE,
+    JobAction.UPDATE_VOLUME: JobKind.STORAGE,
+    JobAction.DELETE: JobKind.STORAGE,
+    JobAction.SEAL: JobKind.VIRT,
+}
+
+
+class JobStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+    ABORTING = "aborting", "Aborting"
+    ABORTED = "aborted", "Aborted"
+
+
+TERMINAL = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.ABORTED})
+TRANSITIONS = {
+    JobStatus.PENDING: {JobStatus.RUNNING, JobStatus.ABORTED},
+    JobStatus.RUNNING: {JobStatus.DONE, JobStatus.FAILED, JobStatus.ABORTING},
+    JobStatus.ABORTING: {JobStatus.ABORTED, JobStatus.FAILED},
+}
+LOG_LIMIT = 256 * 1024  # keep the tail of very long logs
+
+
+class HostJob(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="jobs")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    kind = models.CharField(max_length=16, choices=JobKind.choices)
+    action = models.CharField(max_length=32, choices=JobAction.choices)
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.PENDING)
+    progress = models.PositiveSmallIntegerField(default=0)
+    # What the job works on, as "<kind>:<id>" (e.g. "template:7", "volume:<uuid>"): hostjobs does not
+    # import the apps that own those rows, and the reference outlives a rolled-back template.
+    target = models.CharField(max_length=128, blank=True, default="")
+    description = models.CharField(max_length=255, blank=True, default="")
+    log = models.TextField(blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    created = models.DateTimeField(default=timezone.now, db_index=True)
+    started = models.DateTimeField(null=True, blank=True)
+    completed = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+        indexes = [models.Index(fields=["status"])]
+
+    def __str__(self):
+        return f"{self.action} {self.target} [{self.status}]"
+
+    @classmethod
+    def create(cls, host, action, *, parent=None, target="", description=""):
+        return cls.objects.create(
+            host=host, action=action, kind=ACTION_KIND[action], parent=parent, target=target,
+            description=description,
+        )
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    # -- guarded transitions -------------------------------------------------------------------
+    def _transition(self, new: str, **fields) -> None:
+        """Move to ``new`` if the stored status allows it. The conditional UPDATE makes the check and
+        the write one step, so two workers cannot both move the same job."""
+        old = self.status
+        if new not in TRANSITIONS.get(old, ()):
+            raise InvalidTransition(f"job {self.pk}: {old} -> {new} is not allowed")
+        updated = HostJob.objects.filter(pk=self.pk, status=old).update(status=new, **fields)
+        if not updated:
+            self.refresh_from_db(fields=["status"])
+            raise InvalidTransition(f"job {self.pk}: status changed to {self.status} meanwhile")
+        self.status = new
+        for k, v in fields.items():
+            setattr(self, k, v)
+
+    def start(self) -> None:
+        self._transition(JobStatus.RUNNING, started=timezone.now())
+
+    def finish(self) -> None:
+        self._transition(JobStatus.DONE, progress=100, completed=timezone.now())
+
+    def fail(self, error: str, code: str = "error") -> None:
+        self._transition(JobStatus.FAILED, error=error[:4000], error_code=code, completed=timezone.now())
+
+    def request_abort(self) -> None:
+        if self.status == JobStatus.PENDING:
+            self._transition(JobStatus.ABORTED, completed=timezone.now(), error="aborted before start")
+        else:
+            self._transition(JobStatus.ABORTING)
+
+    def mark_aborted(self, error: str = "aborted") -> None:
+        self._transition(JobStatus.ABORTED, error=error[:4000], error_code="aborted", completed=timezone.now())
+
+    def set_progress(self, progress: int, log: str | None = None) -> None:
+        fields = {"progress": max(0, min(100, int(progress)))}
+        if log is not None:
+            fields["log"] = log[-LOG_LIMIT:]
+        HostJob.objects.filter(pk=self.pk).update(**fields)
+        for k, v in fields.items():
+            setattr(self, k, v)
+
+    def append_log(self, text: str) -> None:
+        self.log = (self.log + text)[-LOG_LIMIT:]
+        HostJob.objects.filter(pk=self.pk).update(log=self.log)
+
+    def delete(self, *args, **kwargs):
+        if not self.is_terminal:
+            raise InvalidTransition(f"job {self.pk} is {self.status}: only terminal jobs can be deleted")
+        return super().delete(*args, **kwargs)

@@ -1,0 +1,62 @@
+"""Starting a template operation: the one path shared by the REST API, the admin form and the
+command line. It validates fast (one libvirt lookup over the host's pinned SSH connection), creates
+the Template row and its operation job in one transaction, and enqueues the flow on commit.
+A refusal changes nothing."""
+
+from __future__ import annotations
+
+from django.db import IntegrityError, transaction
+from django_q.tasks import async_task
+
+from hostjobs import virt
+from hostjobs.errors import DomainNotFound, HostError
+from hostjobs.models import HostJob, JobAction
+from templates.models import Phase, Template, TemplateStatus
+
+
+class Refused(Exception):
+    """A request that must not start. ``field`` names the input at fault; ``status`` the HTTP status."""
+
+    def __init__(self, field: str, message: str, code: str, status: int = 400):
+        super().__init__(message)
+        self.field, self.message, self.code, self.status = field, message, code, status
+
+
+def validate_source(host, vm_name: str) -> virt.DomainInfo:
+    try:
+        info = virt.domain_info(host, vm_name)
+    except DomainNotFound:
+        raise Refused("vm", f"no VM named {vm_name!r} on host {host.name}", "vm_not_found") from None
+    except HostError as e:
+        raise Refused("host", f"host {host.name} cannot be used: {e}", e.code, status=400) from None
+    if not info.stopped:
+        raise Refused("vm", f"VM {vm_name!r} is {info.state}: only a shut-off VM can become a template",
+                      "vm_not_stopped", status=409)
+    if not [d for d in info.disks if not d.readonly]:
+        raise Refused("vm", f"VM {vm_name!r} has no disks", "vm_without_disks")
+    return info
+
+
+def start(template: Template) -> HostJob:
+    """Validate, create the Template row (phase CREATE_TEMPLATE) and its operation job, enqueue."""
+    if Template.objects.filter(name=template.name).exists():
+        raise Refused("name", f"a template named {template.name!r} already exists", "unique")
+    validate_source(template.host, template.vm_name)
+    template.status, template.phase, template.sealed = TemplateStatus.LOCKED, Phase.CREATE_TEMPLATE, False
+    try:
+        with transaction.atomic():
+            template.save()
+            op = HostJob.create(
+                template.host, JobAction.CREATE_TEMPLATE, target=f"template:{template.pk}",
+                description=f"create template {template.name!r} from VM {template.vm_name!r}"
+                + (" and seal it" if template.seal else ""),
+            )
+            template.job = op
+            template.save(update_fields=["job"])
+            pk = template.pk
+            transaction.on_commit(
+                lambda: async_task("sealing.tasks.run_template_flow", pk, task_name=f"template-{pk}-{op.pk}")
+            )
+    except IntegrityError:
+        raise Refused("name", f"a template named {template.name!r} already exists", "unique") from None
+    return op

@@ -1,0 +1,65 @@
+"""VM templates. A Template is made from a stopped VM on one host; each of its disks is a Volume.
+Its ``phase`` is persisted so a restarted worker resumes the flow where it stopped."""
+
+from django.db import models
+
+from hostjobs.models import Host, HostJob
+from volumes.models import Volume
+
+
+class TemplateStatus(models.TextChoices):
+    LOCKED = "locked", "Locked"  # an operation runs
+    OK = "ok", "OK"
+    FAILED = "failed", "Failed"  # visible while rolling back, or when the removal itself failed
+
+
+class Phase(models.TextChoices):
+    CREATE_TEMPLATE = "CREATE_TEMPLATE"
+    COPY_DISKS = "COPY_DISKS"
+    ASSIGN_ILLEGAL = "ASSIGN_ILLEGAL"
+    SEAL = "SEAL"
+    ASSIGN_LEGAL_SHARED = "ASSIGN_LEGAL_SHARED"
+    DONE = "DONE"
+    ROLLBACK = "ROLLBACK"
+    FAILED = "FAILED"
+
+
+class Template(models.Model):
+    name = models.CharField(max_length=128, unique=True)
+    description = models.TextField(blank=True, default="")
+    host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="templates")
+    vm_name = models.CharField("VM", max_length=255, help_text="a shut-off libvirt domain on the host")
+    vm_uuid = models.CharField(max_length=36, blank=True, default="")
+    seal = models.BooleanField("Seal template", default=False,
+                               help_text="Erase machine identity with virt-sysprep (Linux guests only).")
+    status = models.CharField(max_length=16, choices=TemplateStatus.choices, default=TemplateStatus.LOCKED)
+    phase = models.CharField(max_length=32, choices=Phase.choices, default=Phase.CREATE_TEMPLATE)
+    sealed = models.BooleanField(default=False)
+    error = models.TextField(blank=True, default="")
+    job = models.OneToOneField(HostJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="template")
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self):
+        return self.name
+
+
+class TemplateDisk(models.Model):
+    """One disk of the source VM and the template volume copied from it."""
+
+    template = models.ForeignKey(Template, on_delete=models.CASCADE, related_name="disks")
+    index = models.PositiveSmallIntegerField()
+    target = models.CharField(max_length=32)
+    source_path = models.CharField(max_length=1024)
+    source_format = models.CharField(max_length=16)
+    volume = models.OneToOneField(Volume, null=True, blank=True, on_delete=models.SET_NULL, related_name="disk")
+
+    class Meta:
+        ordering = ["index"]
+        constraints = [models.UniqueConstraint(fields=["template", "index"], name="uniq_template_disk_index")]
+
+    def __str__(self):
+        return f"{self.template} disk {self.index} ({self.target})"

@@ -1,0 +1,161 @@
+"""vmseal settings. Defaults: SQLite + django-q2's ORM broker, data under ./var.
+
+Environment:
+  VMSEAL_DATA_DIR        where the database, the app's SSH key and per-host SSH files live (./var)
+  VMSEAL_SECRET_KEY      Django secret key (default: generated once into the data dir)
+  VMSEAL_DEBUG           1 to enable DEBUG
+  VMSEAL_ALLOWED_HOSTS   comma-separated (default: localhost,127.0.0.1)
+  VMSEAL_SSH_KEY         the app's SSH private key (default: <data dir>/ssh/id_ed25519, made on first use)
+  VMSEAL_DB_ENGINE       sqlite (default) or postgresql; then VMSEAL_DB_NAME/USER/PASSWORD/HOST/PORT
+  VMSEAL_DB_NAME         for sqlite: the database file (default <data dir>/vmseal.sqlite3)
+  VMSEAL_REDIS_URL       use django-q2's Redis broker instead of the ORM broker
+  VMSEAL_Q_WORKERS       qcluster workers (default 4: work is mostly waiting on hosts)
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("VMSEAL_DATA_DIR", BASE_DIR / "var")).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    if os.environ.get("VMSEAL_SECRET_KEY"):
+        return os.environ["VMSEAL_SECRET_KEY"]
+    path = DATA_DIR / "secret_key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = os.environ.get("VMSEAL_DEBUG") == "1"
+ALLOWED_HOSTS = os.environ.get("VMSEAL_ALLOWED_HOSTS", "localhost,127.0.0.1,testserver").split(",")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_q",
+    "hostjobs",
+    "volumes",
+    "templates",
+    "sealing",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "vmseal.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+WSGI_APPLICATION = "vmseal.wsgi.application"
+
+if os.environ.get("VMSEAL_DB_ENGINE", "sqlite") == "postgresql":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": os.environ.get("VMSEAL_DB_NAME", "vmseal"),
+            "USER": os.environ.get("VMSEAL_DB_USER", "vmseal"),
+            "PASSWORD": os.environ.get("VMSEAL_DB_PASSWORD", ""),
+            "HOST": os.environ.get("VMSEAL_DB_HOST", "127.0.0.1"),
+            "PORT": os.environ.get("VMSEAL_DB_PORT", "5432"),
+        }
+    }
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("VMSEAL_DB_NAME", str(DATA_DIR / "vmseal.sqlite3")),
+            # The web process and the qcluster workers share the file: WAL, a busy timeout and
+            # IMMEDIATE transactions keep concurrent writers from failing with "database is locked".
+            "OPTIONS": {
+                "timeout": 30,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+            # A file, not :memory:, so the end-to-end tests' qcluster sees the test database.
+            "TEST": {"NAME": os.environ.get("VMSEAL_TEST_DB_NAME", str(DATA_DIR / "test.sqlite3"))},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    # Authenticated users read; writes need the model's add/change/delete permission.
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.DjangoModelPermissions"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+}
+
+Q_CLUSTER = {
+    "name": "vmseal",
+    "workers": int(os.environ.get("VMSEAL_Q_WORKERS", "4")),
+    # A flow's own host commands are bounded (see VMSEAL_*_TIMEOUT); retry must exceed timeout or
+    # django-q2 hands a still-running task to a second worker.
+    "timeout": 3600,
+    "retry": 3700,
+    "max_attempts": 3,
+    "ack_failures": True,
+    "catch_up": False,
+    "poll": 0.2,
+    "label": "Tasks",
+}
+if os.environ.get("VMSEAL_REDIS_URL"):
+    Q_CLUSTER["redis"] = os.environ["VMSEAL_REDIS_URL"]
+else:
+    Q_CLUSTER["orm"] = "default"
+
+# vmseal
+VMSEAL_SSH_KEY = Path(os.environ.get("VMSEAL_SSH_KEY", DATA_DIR / "ssh" / "id_ed25519"))
+VMSEAL_SSH_CONNECT_TIMEOUT = int(os.environ.get("VMSEAL_SSH_CONNECT_TIMEOUT", "5"))
+VMSEAL_COPY_TIMEOUT = int(os.environ.get("VMSEAL_COPY_TIMEOUT", "1800"))
+VMSEAL_SEAL_TIMEOUT = int(os.environ.get("VMSEAL_SEAL_TIMEOUT", "1800"))
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"vmseal": {"handlers": ["console"], "level": os.environ.get("VMSEAL_LOG_LEVEL", "INFO")}},
+}

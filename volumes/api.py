@@ -1,0 +1,16 @@
+from rest_framework import serializers, viewsets
+
+from volumes.models import Volume
+
+
+class VolumeSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Volume
+        fields = ["id", "host", "type", "legality", "generation", "format", "size", "actual_size", "path",
+                  "created", "updated"]
+        read_only_fields = fields
+
+
+class VolumeViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = Volume.objects.all()
+    serializer_class = VolumeSerializer
