@@ -1,0 +1,305 @@
+"""End to end on a real test host: API -> django-q2 cluster -> SSH/libvirt -> qemu-img + virt-sysprep
+on the host -> disks read back with libguestfs.
+
+The expensive part (four template operations, three of which boot a libguestfs appliance, then one
+appliance launch to read every sealed disk) runs once per module, with the operations overlapping as
+they would for real users; each test then asserts one property of that shared run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.fixtures.sealing import probe, wait_jobs
+
+pytestmark = pytest.mark.e2e
+
+ROOT_FILES = [
+    "/etc/machine-id", "/etc/hostname", "/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ed25519_key.pub",
+    "/etc/ssh/ssh_host_rsa_key", "/etc/udev/rules.d/70-persistent-net.rules", "/root/.bash_history",
+    "/home/alice/.bash_history", "/root/notes.txt", "/etc/os-release",
+    # on the one-disk guest, /var is on the root disk
+    "/var/log/syslog", "/var/log/auth.log", "/var/log/messages", "/var/log/wtmp", "/var/log/lastlog",
+    "/var/lib/dhcp/dhclient.eth0.leases", "/var/lib/dbus/machine-id",
+]
+VAR_FILES = ["/log/syslog", "/log/auth.log", "/log/messages", "/log/wtmp", "/log/lastlog",
+             "/lib/dhcp/dhclient.eth0.leases", "/lib/dbus/machine-id"]
+LOGS = ["log/syslog", "log/auth.log", "log/messages", "log/wtmp", "log/lastlog"]
+
+
+@pytest.fixture(scope="module")
+def run(test_host, qcluster, django_db_blocker):
+    """Register the host, define VMs, request four templates at once, wait, and collect what the API,
+    the host's pool and the sealed disks say. Returns plain data."""
+    from django.contrib.auth.models import User
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    from hostjobs import transport
+    from hostjobs.models import Host
+
+    with django_db_blocker.unblock():
+        user = User.objects.create_superuser("e2e", "e2e@example.test", "e2e-pass-1")
+        api = APIClient()
+        api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+        r = api.post("/api/hosts/", {"name": "e2e1", "address": test_host.address, "ssh_user": "root",
+                                     "host_key": test_host.host_key, "guestfs_backend_settings": "force_tcg"},
+                     format="json")
+        assert r.status_code == 201, r.content
+        host_id = r.json()["id"]
+        sources = {"gold1": test_host.define_vm("gold1", "one"), "gold2": test_host.define_vm("gold2", "two"),
+                   "blank1": test_host.define_vm("blank1", "blank")}
+        all_sources = [p for paths in sources.values() for p in paths]
+        before = test_host.sha256(all_sources)
+        requests = {
+            "one": {"name": "tpl-one", "vm": "gold1", "seal": True},
+            "two": {"name": "tpl-two", "vm": "gold2", "seal": True},
+            "plain": {"name": "tpl-plain", "vm": "gold2", "seal": False},
+            "blank": {"name": "tpl-blank", "vm": "blank1", "seal": True},
+        }
+        started = time.monotonic()
+        posted = {k: api.post("/api/templates/", {**body, "description": f"e2e {k}", "host": host_id},
+                              format="json") for k, body in requests.items()}
+        post_seconds = time.monotonic() - started
+        for k, resp in posted.items():
+            assert resp.status_code == 202, (k, resp.content)
+        jobs = wait_jobs(api, {k: r.json()["id"] for k, r in posted.items()}.values())
+        wall = time.monotonic() - started
+        jobs = {k: jobs[r.json()["id"]] for k, r in posted.items()}
+        template_ids = {k: int(j["target"].split(":")[1]) for k, j in jobs.items()}
+        templates = {k: api.get(f"/api/templates/{tid}/") for k, tid in template_ids.items()}
+        volumes = api.get("/api/volumes/?page_size=100").json()["results"]
+        pool = test_host.pool_files()
+        metas = {name: json.loads(test_host.exec("cat", f"/var/lib/vmseal/templates/{name}").stdout)
+                 for name in pool if name.endswith(".meta")}
+        after = test_host.sha256(all_sources)
+
+        def vol_paths(key):
+            return [d["volume"]["path"] for d in templates[key].json()["disks"]]
+
+        sealed = probe(test_host, vol_paths("one") + vol_paths("two"), ROOT_FILES + VAR_FILES,
+                       ["/etc/ssh", "/log", "/var/log"])
+        plain_compare = [
+            test_host.exec("qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", src, dst, check=False).returncode
+            for src, dst in zip(sources["gold2"], vol_paths("plain"), strict=True)
+        ] if templates["plain"].status_code == 200 else None
+        try:
+            yield {
+                "api": api, "host_id": host_id, "jobs": jobs, "templates": templates, "volumes": volumes,
+                "pool": pool, "metas": metas, "before": before, "after": after, "sealed": sealed,
+                "posted": posted, "paths": {k: vol_paths(k) for k in ("one", "two")},
+                "plain_compare": plain_compare, "wall": wall, "post_seconds": post_seconds,
+            }
+        finally:
+            for h in Host.objects.all():
+                transport.close(h)
+
+
+def test_requests_are_accepted_fast_with_a_job_location(run):
+    for key, resp in run["posted"].items():
+        body = resp.json()
+        assert resp["Location"] == f"/api/jobs/{body['id']}/", key
+        assert body["action"] == "create_template"
+        assert body["status"] in ("pending", "running")
+    assert run["post_seconds"] < 15, "four POSTs must not wait for host work"
+
+
+def test_sealed_templates_end_ok_and_their_jobs_done(run):
+    for key in ("one", "two", "plain"):
+        job, tpl = run["jobs"][key], run["templates"][key].json()
+        assert job["status"] == "done", (key, job["error"])
+        assert job["progress"] == 100
+        assert tpl["status"] == "ok"
+        assert tpl["phase"] == "DONE"
+    assert run["templates"]["one"].json()["sealed"] is True
+    assert run["templates"]["two"].json()["sealed"] is True
+    assert run["templates"]["plain"].json()["sealed"] is False
+
+
+def test_job_tree_has_storage_jobs_per_volume_and_one_virt_job(run):
+    children = run["jobs"]["two"]["children"]
+    by_action = {}
+    for c in children:
+        by_action.setdefault(c["action"], []).append(c)
+        assert c["status"] == "done", c
+        assert c["kind"] == ("virt" if c["action"] == "seal" else "storage")
+    assert len(by_action["copy"]) == 2
+    assert len(by_action["seal"]) == 1  # one virt-sysprep run over all disks
+    assert len(by_action["update_volume"]) == 4  # ILLEGAL x2, then LEGAL+SHARED x2
+    seal_log = run["api"].get(f"/api/jobs/{by_action['seal'][0]['id']}/").json()["log"]
+    assert "virt-sysprep" in seal_log
+    assert seal_log.count(" -a ") == 2
+    assert 'Performing "ssh-hostkeys"' in seal_log
+
+
+def test_volumes_are_legal_shared_generation_advanced_and_read_only(run):
+    for key, expected_gen in (("one", 2), ("two", 2), ("plain", 1)):
+        disks = run["templates"][key].json()["disks"]
+        assert len(disks) == {"one": 1, "two": 2, "plain": 2}[key]
+        for d in disks:
+            v = d["volume"]
+            assert (v["type"], v["legality"], v["generation"]) == ("SHARED", "LEGAL", expected_gen), key
+            assert v["format"] == "qcow2"
+            assert v["size"] > 0
+            name = v["path"].rsplit("/", 1)[1]
+            assert run["pool"][name] == "444", "a SHARED volume is read-only on the host"
+            meta = run["metas"][name.replace(".qcow2", ".meta")]  # the host's truth agrees with the DB
+            assert (meta["type"], meta["legality"], meta["generation"]) == ("SHARED", "LEGAL", expected_gen)
+
+
+def test_identity_is_gone_from_the_one_disk_template(run):
+    disk = run["sealed"][run["paths"]["one"][0]]["files"]
+    for key in ("/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ed25519_key.pub", "/etc/ssh/ssh_host_rsa_key",
+                "/etc/udev/rules.d/70-persistent-net.rules", "/root/.bash_history", "/home/alice/.bash_history",
+                "/var/lib/dhcp/dhclient.eth0.leases"):
+        assert disk[key] is None, key
+    assert disk["/etc/hostname"]["head"].strip() == "localhost"
+    assert disk["/etc/machine-id"]["size"] == 0
+    for log in LOGS:
+        assert disk["/var/" + log] is None or disk["/var/" + log]["size"] == 0, log
+    assert disk["/root/notes.txt"]["head"] == "kept: not identity\n", "non-identity data is kept"
+    assert "debian" in disk["/etc/os-release"]["head"]
+
+
+def test_identity_is_gone_from_both_disks_of_the_two_disk_template(run):
+    root, var = (run["sealed"][p] for p in run["paths"]["two"])
+    rf = root["files"]
+    assert rf["/etc/ssh/ssh_host_ed25519_key"] is None
+    assert rf["/etc/ssh/ssh_host_rsa_key"] is None
+    assert root["dirs"]["/etc/ssh"] == []
+    assert rf["/etc/udev/rules.d/70-persistent-net.rules"] is None
+    assert rf["/root/.bash_history"] is None
+    assert rf["/home/alice/.bash_history"] is None
+    assert rf["/etc/hostname"]["head"].strip() == "localhost"
+    assert rf["/etc/machine-id"]["size"] == 0
+    # The /var disk was sealed in the same run: its logs, leases and dbus machine-id are gone too.
+    vf = var["files"]
+    for log in LOGS:
+        assert vf["/" + log] is None or vf["/" + log]["size"] == 0, log
+    assert var["dirs"]["/log"] == []
+    assert vf["/lib/dhcp/dhclient.eth0.leases"] is None
+    assert vf["/lib/dbus/machine-id"] is None or vf["/lib/dbus/machine-id"]["size"] == 0
+
+
+def test_source_vm_disks_are_unchanged(run):
+    assert run["before"] == run["after"]
+    assert len(run["before"]) == 4
+
+
+def test_seal_false_keeps_guest_content_identical(run):
+    assert run["plain_compare"] == [0, 0], "qemu-img compare: template disks identical to the source"
+
+
+def test_a_disk_without_an_os_fails_in_seal_and_leaves_nothing(run):
+    job = run["jobs"]["blank"]
+    assert job["status"] == "failed"
+    assert job["error"].startswith("SEAL failed: virt-sysprep exited 1")
+    assert "no operating systems were found" in job["error"]
+    seal_job = next(c for c in job["children"] if c["action"] == "seal")
+    assert seal_job["status"] == "failed"
+    deletes = [c for c in job["children"] if c["action"] == "delete"]
+    assert deletes
+    assert all(c["status"] == "done" for c in deletes)
+    assert run["templates"]["blank"].status_code == 404, "the failed template is removed"
+    # The host's pool holds exactly the volumes of the surviving templates, and so does the DB.
+    kept = {p.rsplit("/", 1)[1] for k in ("one", "two", "plain")
+            for p in [d["volume"]["path"] for d in run["templates"][k].json()["disks"]]}
+    assert {n for n in run["pool"] if n.endswith(".qcow2")} == kept
+    assert {n for n in run["pool"] if n.endswith(".meta")} == {n.replace(".qcow2", ".meta") for n in kept}
+    assert {v["path"].rsplit("/", 1)[1] for v in run["volumes"]} == kept
+
+
+# -- refusals: nothing may change --------------------------------------------------------------------------
+def _snapshot(test_host):
+    from hostjobs.models import HostJob
+    from templates.models import Template
+    from volumes.models import Volume
+
+    return (Template.objects.count(), Volume.objects.count(), HostJob.objects.count(), test_host.pool_files())
+
+
+@pytest.fixture
+def host_row(test_host, db):
+    from hostjobs.models import Host
+
+    return Host.objects.create(name="e2e1-refusals", address=test_host.address, host_key=test_host.host_key,
+                               guestfs_backend_settings="force_tcg")
+
+
+@pytest.fixture
+def running_vm(test_host):
+    test_host.define_vm("runner", "one")
+    test_host.virsh("start", "runner")
+    try:
+        yield "runner"
+    finally:
+        test_host.virsh("destroy", "runner", check=False)
+        test_host.virsh("undefine", "runner", check=False)
+
+
+@pytest.mark.django_db
+def test_running_vm_is_refused_before_any_change(api, host_row, test_host, running_vm):
+    assert "running" in test_host.virsh("domstate", running_vm).stdout
+    before = _snapshot(test_host)
+    r = api.post("/api/templates/", {"name": "from-running", "host": host_row.pk, "vm": running_vm, "seal": True},
+                 format="json")
+    assert r.status_code == 409
+    assert "running" in r.json()["vm"][0]
+    assert _snapshot(test_host) == before
+
+
+@pytest.mark.django_db
+def test_unknown_vm_and_unknown_host_are_refused(api, host_row, test_host):
+    before = _snapshot(test_host)
+    r = api.post("/api/templates/", {"name": "x", "host": host_row.pk, "vm": "no-such-vm"}, format="json")
+    assert r.status_code == 400
+    assert "no VM named 'no-such-vm'" in r.json()["vm"][0]
+    r = api.post("/api/templates/", {"name": "x", "host": 99999, "vm": "gold1"}, format="json")
+    assert r.status_code == 400
+    assert "host" in r.json()
+    assert _snapshot(test_host) == before
+
+
+@pytest.mark.django_db
+def test_host_presenting_another_key_is_refused(api, test_host):
+    from hostjobs.models import Host
+
+    other_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHYxXA9dCvPrHMuXWbnnUMW7yDpDlHgZ1aqYjakW6cwK"
+    h = Host.objects.create(name="impostor", address=test_host.address, host_key=other_key)
+    before = _snapshot(test_host)
+    r = api.post("/api/templates/", {"name": "y", "host": h.pk, "vm": "gold1"}, format="json")
+    assert r.status_code == 400
+    assert "pinned host key" in r.json()["host"][0]
+    assert _snapshot(test_host) == before
+
+
+@pytest.mark.django_db
+def test_duplicate_name_is_refused(api, host_row, test_host):
+    from templates.models import Template
+
+    Template.objects.create(name="taken", host=host_row, vm_name="gold1", status="ok")
+    before = _snapshot(test_host)
+    r = api.post("/api/templates/", {"name": "taken", "host": host_row.pk, "vm": "gold1"}, format="json")
+    assert r.status_code == 400
+    assert "name" in r.json()
+    assert _snapshot(test_host) == before
+
+
+@pytest.mark.django_db
+def test_admin_new_template_form_has_seal_checkbox_and_shows_refusals(client, admin_user, host_row, running_vm):
+    from templates.models import Template
+
+    client.force_login(admin_user)
+    page = client.get("/admin/templates/template/add/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'name="seal"' in html
+    assert "Seal template" in html
+    r = client.post("/admin/templates/template/add/",
+                    {"host": host_row.pk, "vm_name": running_vm, "name": "admin-tpl", "description": "", "seal": "on"})
+    assert r.status_code == 200, "the form is shown again with its error"
+    assert "only a shut-off VM can become a template" in r.content.decode()
+    assert not Template.objects.filter(name="admin-tpl").exists()
