@@ -14,14 +14,27 @@ replaced atomically (write + fsync + rename). A SHARED volume's data file is mad
   delete-volume --pool P --id ID
   volume-info   --pool P --id ID
   run [--writable ID]... [--pool P] [--env K=V]... -- ARGV...   (refuses SHARED volumes, then runs ARGV)
+
+Host jobs (durable, detached; state under /var/lib/vmseal/jobs/<id>/):
+  job-start  --id ID          stdin: {"args": [subcommand...], "callback_url": U, "secret": S, "host": N}
+                              returns at once; starting an existing job never runs it twice
+  job-status --id ID [--log-offset N]
+  job-abort  --id ID
+  job-clear  --id ID          removes a terminal job's directory
 """
 
 import argparse
+import hashlib
+import hmac
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
+import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vmseal_rules as rules  # noqa: E402
@@ -84,8 +97,8 @@ def cmd_create(a):
             "format": "qcow2"}
     write_meta(meta_path, meta)
     tmp = data + ".part"
-    # -U: read the source without taking its lock-holder's place; -n is not used: we create the target.
-    proc = subprocess.run(["qemu-img", "convert", "-p", "-f", a.source_format, "-O", "qcow2", a.source, tmp],
+    rate = ["-r", str(a.rate_limit)] if a.rate_limit else []
+    proc = subprocess.run(["qemu-img", "convert", *rate, "-f", a.source_format, "-O", "qcow2", a.source, tmp],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         try:
@@ -152,6 +165,234 @@ def cmd_run(a):
     return {"exit_code": proc.returncode, "_exit": proc.returncode}
 
 
+# -- host jobs ------------------------------------------------------------------------------------------
+JOBS_DIR = os.environ.get("VMSEAL_JOBS_DIR", "/var/lib/vmseal/jobs")
+TERMINAL = ("done", "failed", "aborted")
+
+
+def job_dir(job_id):
+    if not ID_RE.match(job_id):
+        raise Refused("bad_job_id", f"not a job id: {job_id!r}")
+    return os.path.join(JOBS_DIR, job_id)
+
+
+def write_json(path, data, mode=0o644):
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_state(d):
+    with open(os.path.join(d, "state.json")) as f:
+        return json.load(f)
+
+
+def update_state(d, **changes):
+    st = read_state(d)
+    st.update(changes)
+    write_json(os.path.join(d, "state.json"), st)
+    return st
+
+
+def proc_start_time(pid):
+    """The process's start time in clock ticks, to tell a live runner from a recycled pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def runner_alive(st):
+    pid = st.get("pid")
+    return bool(pid) and proc_start_time(pid) == st.get("pid_start")
+
+
+def observed(d, log_offset=0):
+    """The job's state as the app should see it; a runner gone without an exit record is failed."""
+    st = read_state(d)
+    if st["status"] not in TERMINAL and st.get("pid") and not runner_alive(st):
+        st = update_state(d, status="failed", error="the job runner vanished without recording an exit",
+                          ended=time.time())
+    elif st["status"] == "pending" and time.time() - st.get("created", 0) > 30 and not st.get("pid"):
+        st = update_state(d, status="failed", error="the job runner never started", ended=time.time())
+    out = dict(st)
+    log_path = os.path.join(d, "log")
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(log_offset)
+            chunk = f.read(256 * 1024)
+        out["log"] = chunk.decode("utf-8", "replace")
+        out["log_offset"] = log_offset + len(chunk)
+    except FileNotFoundError:
+        out["log"], out["log_offset"] = "", log_offset
+    return out
+
+
+def cmd_job_start(a):
+    d = job_dir(a.id)
+    spec = json.load(sys.stdin)
+    if not isinstance(spec.get("args"), list) or not spec["args"]:
+        raise Refused("bad_spec", "job-start needs args")
+    os.makedirs(JOBS_DIR, mode=0o700, exist_ok=True)
+    try:
+        os.mkdir(d, 0o700)
+    except FileExistsError:
+        return observed(d)  # started before (a retried request, a resumed flow): never run it twice
+    write_json(os.path.join(d, "spec.json"), spec, mode=0o600)  # holds the callback secret
+    write_json(os.path.join(d, "state.json"), {"id": a.id, "status": "pending", "progress": 0,
+                                                "created": time.time()})
+    open(os.path.join(d, "log"), "ab").close()
+    # Detach: a new session, no inherited fds, so the SSH command returns at once.
+    subprocess.Popen([sys.executable, os.path.abspath(__file__), "job-exec", "--id", a.id],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True, close_fds=True, cwd="/")
+    for _ in range(100):  # wait (briefly) until the runner recorded its pid
+        st = read_state(d)
+        if st.get("pid"):
+            break
+        time.sleep(0.01)
+    return observed(d)
+
+
+def cmd_job_exec(a):
+    d = job_dir(a.id)
+    with open(os.path.join(d, "spec.json")) as f:
+        spec = json.load(f)
+    me = os.getpid()
+    update_state(d, status="running", pid=me, pid_start=proc_start_time(me), pgid=os.getpgid(0),
+                 started=time.time())
+    with open(os.path.join(d, "log"), "ab", buffering=0) as log:
+        child = subprocess.Popen([sys.executable, os.path.abspath(__file__), *spec["args"]],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        update_state(d, child_pid=child.pid)
+        last = b""
+        for line in child.stdout:
+            log.write(line)
+            if line.strip():
+                last = line
+        rc = child.wait()
+    result = None
+    try:
+        parsed = json.loads(last.decode("utf-8", "replace"))
+        result = parsed if isinstance(parsed, dict) else None
+    except ValueError:
+        pass
+    st = read_state(d)
+    if st["status"] == "aborting":
+        status, error = "aborted", "aborted on request"
+    elif rc == 0:
+        status, error = "done", ""
+    else:
+        status = "failed"
+        error = (result or {}).get("message") or f"exit status {rc}"
+    st = update_state(d, status=status, exit_code=rc, result=result, error=error, ended=time.time(), progress=100
+                      if status == "done" else st.get("progress", 0))
+    notify(spec, {"kind": "job", "job": a.id, "host": spec.get("host"), "status": status, "exit_code": rc,
+                  "error": error, "result": result})
+    return {"_exit": 0, "status": status}
+
+
+def sign(secret, body, ts, nonce):
+    return hmac.new(secret.encode(), f"{ts}.{nonce}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def notify(spec, payload, attempts=3, timeout=2.0):
+    """POST the signed payload to the app; short timeout, a few tries, never raises."""
+    url, secret = spec.get("callback_url"), spec.get("secret")
+    if not url or not secret:
+        return False
+    body = json.dumps(payload, sort_keys=True).encode()
+    for attempt in range(attempts):
+        ts, nonce = str(int(time.time())), uuid.uuid4().hex
+        req = urllib.request.Request(url, data=body, method="POST", headers={
+            "Content-Type": "application/json", "X-Vmseal-Timestamp": ts, "X-Vmseal-Nonce": nonce,
+            "X-Vmseal-Signature": sign(secret, body, ts, nonce)})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                if 200 <= resp.status < 300:
+                    return True
+        except Exception:  # noqa: BLE001 - the poller is the fallback
+            pass
+        time.sleep(0.2 * (attempt + 1))
+    return False
+
+
+def cmd_job_status(a):
+    return observed(job_dir(a.id), a.log_offset)
+
+
+def cmd_job_abort(a):
+    d = job_dir(a.id)
+    st = observed(d)
+    if st["status"] in TERMINAL:
+        raise Refused("job_terminal", f"job {a.id} is {st['status']}: it cannot be aborted")
+    if st["status"] == "pending" and not st.get("pid"):
+        return update_state(d, status="aborted", error="aborted before start", ended=time.time())
+    update_state(d, status="aborting")
+    # The work runs in its own session (pgid == child_pid), so signalling that group stops it and
+    # everything it started (virt-sysprep's appliance included) while the runner lives on to record it.
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 3.0)):
+        child = read_state(d).get("child_pid")
+        if child:
+            try:
+                os.killpg(child, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.time() + wait
+        while time.time() < deadline and observed(d)["status"] not in TERMINAL:
+            time.sleep(0.05)
+        if observed(d)["status"] in TERMINAL:
+            break
+    return observed(d)
+
+
+def cmd_job_clear(a):
+    d = job_dir(a.id)
+    if not os.path.isdir(d):
+        return {"id": a.id, "cleared": False}
+    if observed(d)["status"] not in TERMINAL:
+        raise Refused("job_running", f"job {a.id} is not terminal: it cannot be cleared")
+    for name in os.listdir(d):
+        os.unlink(os.path.join(d, name))
+    os.rmdir(d)
+    return {"id": a.id, "cleared": True}
+
+
+def cmd_host_info(a):
+    """What host_check reports: versions, KVM, free space in the pool, the appliance cache."""
+    def out(*argv):
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            return (p.stdout or p.stderr).strip().splitlines()[0] if (p.stdout or p.stderr).strip() else ""
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+    probe = a.pool
+    while probe != "/" and not os.path.isdir(probe):
+        probe = os.path.dirname(probe)
+    st = os.statvfs(probe)
+    cache = f"/var/tmp/.guestfs-{os.getuid()}/appliance.d"
+    return {
+        "hostname": os.uname().nodename,
+        "libvirtd": out("libvirtd", "--version"),
+        "qemu_img": out("qemu-img", "--version"),
+        "virt_sysprep": out("virt-sysprep", "--version"),
+        "guestfs_python": os.path.exists("/usr/lib/python3/dist-packages/guestfs.py"),
+        "kvm": os.access("/dev/kvm", os.R_OK | os.W_OK),
+        "pool_path": a.pool,
+        "pool_exists": os.path.isdir(a.pool),
+        "pool_free_bytes": st.f_bavail * st.f_frsize,
+        "appliance_cached": os.path.isdir(cache) and bool(os.listdir(cache)),
+        "hooks_installed": all(os.path.exists(f"/etc/libvirt/hooks/{h}") for h in ("qemu", "daemon")),
+        "jobs": len(os.listdir(JOBS_DIR)) if os.path.isdir(JOBS_DIR) else 0,
+    }
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="vmseal_host")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -160,6 +401,7 @@ def main(argv=None):
     c.add_argument("--id", required=True)
     c.add_argument("--source", required=True)
     c.add_argument("--source-format", required=True, choices=["raw", "qcow2"])
+    c.add_argument("--rate-limit", type=int, default=0)
     u = sub.add_parser("update-volume")
     u.add_argument("--pool", required=True)
     u.add_argument("--id", required=True)
@@ -175,9 +417,18 @@ def main(argv=None):
     r.add_argument("--writable", action="append", default=[])
     r.add_argument("--env", action="append", default=[])
     r.add_argument("argv", nargs=argparse.REMAINDER)
+    hi = sub.add_parser("host-info")
+    hi.add_argument("--pool", required=True)
+    for name in ("job-start", "job-exec", "job-abort", "job-clear", "job-status"):
+        j = sub.add_parser(name)
+        j.add_argument("--id", required=True)
+        if name == "job-status":
+            j.add_argument("--log-offset", type=int, default=0)
     a = p.parse_args(argv)
     handler = {"create-volume": cmd_create, "update-volume": cmd_update, "delete-volume": cmd_delete,
-               "volume-info": cmd_info, "run": cmd_run}[a.cmd]
+               "volume-info": cmd_info, "run": cmd_run, "job-start": cmd_job_start, "job-exec": cmd_job_exec,
+               "job-status": cmd_job_status, "job-abort": cmd_job_abort, "job-clear": cmd_job_clear,
+               "host-info": cmd_host_info}[a.cmd]
     try:
         result = handler(a)
     except (Refused, rules.RuleError) as e:

@@ -1,5 +1,6 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 
+from hostjobs.errors import InvalidTransition
 from hostjobs.models import Host, HostJob
 
 
@@ -29,6 +30,19 @@ class HostJobAdmin(admin.ModelAdmin):
     search_fields = ["target", "description", "error"]
     readonly_fields = [f.name for f in HostJob._meta.fields]
     inlines = [ChildJobInline]
+    actions = ["cancel_jobs"]
+
+    @admin.action(description="Cancel selected jobs", permissions=["cancel"])
+    def cancel_jobs(self, request, queryset):
+        for job in queryset:
+            try:
+                job.cancel(f"cancelled by {request.user.get_username()} (admin)")
+                self.message_user(request, f"{job}: cancelling")
+            except InvalidTransition as e:
+                self.message_user(request, str(e), messages.WARNING)
+
+    def has_cancel_permission(self, request):
+        return request.user.has_perm("hostjobs.change_hostjob")
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("host")

@@ -1,5 +1,8 @@
-from rest_framework import serializers, viewsets
+from rest_framework import permissions, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
 
+from hostjobs.errors import InvalidTransition
 from hostjobs.models import Host, HostJob
 from hostjobs.transport import parse_host_key
 
@@ -8,7 +11,7 @@ class HostSerializer(serializers.ModelSerializer):
     class Meta:
         model = Host
         fields = ["id", "name", "address", "port", "ssh_user", "host_key", "pool_path", "guestfs_backend_settings",
-                  "libvirt_uri", "created"]
+                  "copy_rate_limit", "callback_url", "libvirt_uri", "created"]
         read_only_fields = ["libvirt_uri", "created"]
 
     def validate_host_key(self, value):
@@ -66,8 +69,24 @@ class HostJobDetailSerializer(HostJobSerializer):
         read_only_fields = fields
 
 
+class CanCancelJobs(permissions.BasePermission):
+    def has_permission(self, request, view):
+        return request.user.is_authenticated and request.user.has_perm("hostjobs.change_hostjob")
+
+
 class HostJobViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = HostJob.objects.prefetch_related("children")
 
     def get_serializer_class(self):
         return HostJobDetailSerializer if self.action == "retrieve" else HostJobSerializer
+
+    @action(detail=True, methods=["post"], permission_classes=[CanCancelJobs])
+    def cancel(self, request, pk=None):
+        """Cancel a job: ``aborting`` until its worker has stopped the host work and rolled back,
+        then ``aborted``. 409 when the job already ended."""
+        job = self.get_object()
+        try:
+            job.cancel(f"cancelled by {request.user.get_username()}")
+        except InvalidTransition as e:
+            return Response({"detail": str(e), "status": job.status}, status=status.HTTP_409_CONFLICT)
+        return Response(HostJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)

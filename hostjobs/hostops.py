@@ -19,7 +19,8 @@ from hostjobs import transport
 from hostjobs.errors import HostCommandFailed, VolumeRefused
 
 ROOT = Path(__file__).resolve().parent.parent
-BUNDLE = {"vmseal_host.py": ROOT / "hooks" / "vmseal_host.py", "vmseal_rules.py": ROOT / "volumes" / "rules.py"}
+BUNDLE = {"vmseal_host.py": ROOT / "hooks" / "vmseal_host.py", "vmseal_rules.py": ROOT / "volumes" / "rules.py",
+          "libvirt_hook.py": ROOT / "hooks" / "libvirt_hook.py"}
 REMOTE_LIB = "/var/lib/vmseal/lib"
 MISSING = 111  # exit status of the probe when the bundle is not on the host
 PYTHON = "/usr/bin/python3"  # Debian's python: the one python3-guestfs imports from
@@ -52,13 +53,14 @@ def install(host) -> None:
     transport.run(host, ["sh", "-c", script], input=tar, timeout=60)
 
 
-def helper(host, args: Sequence[str], *, timeout: float = 600, on_line: Callable[[str], None] | None = None):
+def helper(host, args: Sequence[str], *, timeout: float = 600, on_line: Callable[[str], None] | None = None,
+           input: bytes | None = None):
     """Run a helper subcommand; return its JSON result. Raises VolumeRefused when the host refused
     by the volume rules, HostCommandFailed on other failures."""
     script = f"{remote_dir()}/vmseal_host.py"
     argv = ["sh", "-c", f'test -f {script} || exit {MISSING}; exec {PYTHON} {script} "$@"', "vmseal_host", *args]
     for attempt in (1, 2):
-        proc = transport.run(host, argv, timeout=timeout, on_line=on_line, check=False)
+        proc = transport.run(host, argv, timeout=timeout, on_line=on_line, check=False, input=input)
         if proc.returncode == MISSING and attempt == 1:
             install(host)
             continue
@@ -82,6 +84,30 @@ def _last_json(text: str) -> dict | None:
             except ValueError:
                 return None
     return None
+
+
+def install_hooks(host, callback_url: str) -> None:
+    """Deploy the helper and the libvirt hooks (qemu, daemon), write the hooks' configuration (the
+    callback secret travels on stdin, never in argv), and make libvirtd re-read its hooks (SIGHUP to
+    the libvirtd of this mount namespace: test hosts share one PID namespace)."""
+    install(host)
+    lib = remote_dir()
+    conf = json.dumps({"callback_url": callback_url, "secret": host.callback_secret, "host": host.pk}).encode()
+    script = (
+        "set -e; umask 077; "
+        f"ln -sfn {lib} {REMOTE_LIB}/current; "
+        "mkdir -p /etc/libvirt/hooks; "
+        f"for h in qemu daemon; do install -m 0755 {lib}/libvirt_hook.py /etc/libvirt/hooks/$h; done; "
+        "cat > /var/lib/vmseal/hooks.json.tmp; mv /var/lib/vmseal/hooks.json.tmp /var/lib/vmseal/hooks.json; "
+        "me=$(readlink /proc/self/ns/mnt); "
+        "for p in $(pgrep -x libvirtd); do [ \"$(readlink /proc/$p/ns/mnt)\" = \"$me\" ] && kill -HUP $p; done; "
+        "true"
+    )
+    transport.run(host, ["sh", "-c", script], input=conf, timeout=60)
+
+
+def host_info(host) -> dict:
+    return helper(host, ["host-info", "--pool", host.pool_path], timeout=60)
 
 
 # -- storage verbs -----------------------------------------------------------------------------------

@@ -6,8 +6,10 @@ volume (copy, update_volume, delete), a *virt* job works on all the disks of a t
 rollback included, has ended. Status changes go through guarded transitions (vdsm jobs.py):
 
     pending -> running -> done | failed;  pending -> aborted;  running -> aborting -> aborted
+    pending -> failed: a job its host never accepted (unreachable, refused) - so none stays pending
 """
 
+import secrets
 import uuid
 
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -15,6 +17,10 @@ from django.db import models
 from django.utils import timezone
 
 from hostjobs.errors import InvalidTransition
+
+
+def _new_secret() -> str:
+    return secrets.token_hex(32)
 
 
 class Host(models.Model):
@@ -37,6 +43,16 @@ class Host(models.Model):
         default="",
         help_text="LIBGUESTFS_BACKEND_SETTINGS on this host, e.g. force_tcg where KVM is unavailable.",
     )
+    copy_rate_limit = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Bytes per second a disk copy may read (qemu-img convert -r); blank: no limit."
+    )
+    callback_url = models.CharField(
+        max_length=255, blank=True, default="",
+        help_text="Where this host's job runner and libvirt hooks POST their notifications; "
+        "blank: the VMSEAL_CALLBACK_URL setting. Without either, jobs complete by polling only.",
+    )
+    # Signs the host's notifications (HMAC-SHA256). Never shown by the API or the admin.
+    callback_secret = models.CharField(max_length=64, default=_new_secret, editable=False)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -84,7 +100,7 @@ class JobStatus(models.TextChoices):
 
 TERMINAL = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.ABORTED})
 TRANSITIONS = {
-    JobStatus.PENDING: {JobStatus.RUNNING, JobStatus.ABORTED},
+    JobStatus.PENDING: {JobStatus.RUNNING, JobStatus.ABORTED, JobStatus.FAILED},
     JobStatus.RUNNING: {JobStatus.DONE, JobStatus.FAILED, JobStatus.ABORTING},
     JobStatus.ABORTING: {JobStatus.ABORTED, JobStatus.FAILED},
 }
@@ -103,6 +119,12 @@ class HostJob(models.Model):
     # import the apps that own those rows, and the reference outlives a rolled-back template.
     target = models.CharField(max_length=128, blank=True, default="")
     description = models.CharField(max_length=255, blank=True, default="")
+    # Which step of its parent started it (e.g. the flow phase), so a resumed parent finds its jobs again.
+    step = models.CharField(max_length=32, blank=True, default="")
+    deadline = models.DateTimeField(null=True, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    log_offset = models.BigIntegerField(default=0, help_text="bytes of the host-side log already copied")
+    last_seen = models.DateTimeField(null=True, blank=True, help_text="when the host last reported on this job")
     log = models.TextField(blank=True, default="")
     error = models.TextField(blank=True, default="")
     error_code = models.CharField(max_length=64, blank=True, default="")
@@ -118,10 +140,10 @@ class HostJob(models.Model):
         return f"{self.action} {self.target} [{self.status}]"
 
     @classmethod
-    def create(cls, host, action, *, parent=None, target="", description=""):
+    def create(cls, host, action, *, parent=None, target="", description="", step="", deadline=None):
         return cls.objects.create(
             host=host, action=action, kind=ACTION_KIND[action], parent=parent, target=target,
-            description=description,
+            description=description, step=step, deadline=deadline,
         )
 
     @property
@@ -158,6 +180,15 @@ class HostJob(models.Model):
         else:
             self._transition(JobStatus.ABORTING)
 
+    def cancel(self, reason: str = "cancelled on request") -> None:
+        """Ask for this job to stop. Whoever runs it (a flow's worker) aborts its host work, rolls back
+        and records ``aborted``. Cancelling a terminal or already aborting job is an error."""
+        if self.is_terminal or self.status == JobStatus.ABORTING:
+            raise InvalidTransition(f"job {self.pk} is {self.status}: it cannot be cancelled")
+        HostJob.objects.filter(pk=self.pk).update(error=reason[:4000])
+        self.error = reason
+        self.request_abort()
+
     def mark_aborted(self, error: str = "aborted") -> None:
         self._transition(JobStatus.ABORTED, error=error[:4000], error_code="aborted", completed=timezone.now())
 
@@ -177,3 +208,17 @@ class HostJob(models.Model):
         if not self.is_terminal:
             raise InvalidTransition(f"job {self.pk} is {self.status}: only terminal jobs can be deleted")
         return super().delete(*args, **kwargs)
+
+
+class CallbackNonce(models.Model):
+    """Nonces of accepted host notifications, so a replayed one is refused."""
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE)
+    nonce = models.CharField(max_length=64)
+    received = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["host", "nonce"], name="uniq_callback_nonce")]
+
+    def __str__(self):
+        return f"{self.host_id}:{self.nonce}"

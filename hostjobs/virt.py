@@ -21,7 +21,6 @@ from hostjobs import transport
 from hostjobs.errors import DomainNotFound, HostError, HostKeyMismatch, HostUnreachable, StorageError
 
 log = logging.getLogger("vmseal.virt")
-POOL_NAME = "vmseal"
 
 _lock = threading.Lock()
 _conns: dict[tuple, libvirt.virConnect] = {}
@@ -198,24 +197,33 @@ def list_domains(host) -> list[DomainInfo]:
 
 
 # -- the template pool -----------------------------------------------------------------------------
+def pool_name(path: str) -> str:
+    """One libvirt pool per template directory: 'vmseal' for the default, 'vmseal-<hash>' otherwise."""
+    import hashlib
+
+    if path == "/var/lib/vmseal/templates":
+        return "vmseal"
+    return "vmseal-" + hashlib.sha256(path.encode()).hexdigest()[:8]
+
+
 def ensure_pool(host) -> None:
     """The host's template pool: a libvirt ``dir`` pool at ``host.pool_path``, created on first use."""
     from xml.sax.saxutils import escape
 
     def fn(conn):
         try:
-            pool = conn.storagePoolLookupByName(POOL_NAME)
+            pool = conn.storagePoolLookupByName(pool_name(host.pool_path))
         except libvirt.libvirtError as e:
             if e.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
                 raise
-            xml = (f"<pool type='dir'><name>{POOL_NAME}</name><target><path>{escape(host.pool_path)}"
+            xml = (f"<pool type='dir'><name>{pool_name(host.pool_path)}</name><target><path>{escape(host.pool_path)}"
                    "</path><permissions><mode>0711</mode></permissions></target></pool>")
             pool = conn.storagePoolDefineXML(xml, 0)
             pool.build(0)
             pool.setAutostart(1)
         path = ET.fromstring(pool.XMLDesc(0)).findtext("./target/path")
         if path != host.pool_path:
-            raise StorageError(f"host {host} already has a pool {POOL_NAME!r} at {path}, not {host.pool_path}")
+            raise StorageError(f"host {host}: pool {pool_name(host.pool_path)!r} is at {path}, not {host.pool_path}")
         if not pool.isActive():
             pool.create(0)
         return True
@@ -224,4 +232,4 @@ def ensure_pool(host) -> None:
 
 
 def refresh_pool(host) -> None:
-    call(host, lambda conn: conn.storagePoolLookupByName(POOL_NAME).refresh(0))
+    call(host, lambda conn: conn.storagePoolLookupByName(pool_name(host.pool_path)).refresh(0))

@@ -101,7 +101,9 @@ def _to_qcow2(raw: Path, out: Path) -> None:
                    check=True, capture_output=True)
 
 
-def build(outdir: str | os.PathLike, shape: str = "two", prefix: str = "guest") -> list[Path]:
+def build(outdir: str | os.PathLike, shape: str = "two", prefix: str = "guest", filler_mb: int = 0) -> list[Path]:
+    """Build the disks of one guest. ``filler_mb`` adds a file of random data to / (to make copies
+    take measurable time)."""
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vmseal-guest-") as tmp:
@@ -117,6 +119,7 @@ def build(outdir: str | os.PathLike, shape: str = "two", prefix: str = "guest") 
         if shape == "two":
             fstab += f"UUID={var_uuid} /var ext4 defaults 0 2\n"
         files = {**BASE_FILES, **IDENTITY, "/etc/fstab": fstab}
+        root_mb = 64 + 2 * filler_mb
         rootdir, vardir = t / "root", t / "var"
         if shape == "two":
             _write_root(rootdir, {k: v for k, v in files.items() if not k.startswith("/var/")})
@@ -124,7 +127,12 @@ def build(outdir: str | os.PathLike, shape: str = "two", prefix: str = "guest") 
             (vardir / "tmp").mkdir(exist_ok=True)
         else:
             _write_root(rootdir, files)
-        _mkfs(rootdir, t / "root.raw", 64, root_uuid, "root")
+        if filler_mb:
+            (rootdir / "srv").mkdir(exist_ok=True)
+            with open(rootdir / "srv" / "filler.bin", "wb") as f:
+                for _ in range(filler_mb):
+                    f.write(os.urandom(1 << 20))
+        _mkfs(rootdir, t / "root.raw", root_mb, root_uuid, "root")
         disks = [out / f"{prefix}-root.qcow2"]
         _to_qcow2(t / "root.raw", disks[0])
         if shape == "two":

@@ -114,6 +114,7 @@ class TestHost:
             "netns": str(self.netns),
             "mntns": str(self.mntns),
             "bridge_address": BRIDGE_ADDR,
+            "veth": self.veth_out,
         }
 
     def nsenter(self, *argv: str) -> list[str]:

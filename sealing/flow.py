@@ -3,36 +3,49 @@
     CREATE_TEMPLATE -> COPY_DISKS -> ASSIGN_ILLEGAL -> SEAL -> ASSIGN_LEGAL_SHARED -> DONE
     (seal=false: CREATE_TEMPLATE -> COPY_DISKS -> ASSIGN_LEGAL_SHARED -> DONE)
 
-and on any failure ROLLBACK -> (template removed) or FAILED (when a volume could not be deleted: it
-stays ILLEGAL). The phase is saved after each step, and each step is idempotent, so a worker that
-dies mid-flow resumes at the saved phase. The operation HostJob (the one the client follows) turns
-terminal only when the flow, rollback included, has ended.
+and on any failure or cancel ROLLBACK -> (template removed) or FAILED (a volume could not be deleted:
+it stays ILLEGAL, and the sweeper retries the clean-up when the host is back).
+
+Every storage step (copy, update_volume, delete) and the seal run as host jobs (``hostjobs.runner``):
+detached on the host, their end pushed by the host or polled. The phase is saved after each step, a
+lease shows that a worker is running the flow, and host jobs are found again by (step, target), so a
+worker that dies mid-flow is replaced by the sweeper and resumes without running anything twice.
+The operation HostJob (the one the client follows) turns terminal only when the flow, rollback
+included, has ended.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
 
-from hostjobs import hostops, virt
-from hostjobs.errors import DomainNotStopped, HostError, VmsealError, VolumeRefused
+from hostjobs import runner, virt
+from hostjobs.errors import DomainNotStopped, HostError, InvalidTransition, VmsealError
 from hostjobs.models import HostJob, JobAction, JobStatus
 from sealing import sysprep
 from templates.models import Phase, Template, TemplateDisk, TemplateStatus
 from volumes import rules
-from volumes.models import Legality, Volume, VolumeType
+from volumes.models import Legality, Volume
 
 log = logging.getLogger("vmseal.flow")
 
+LEASE = timedelta(seconds=20)
 PROGRESS = {Phase.CREATE_TEMPLATE: 0, Phase.COPY_DISKS: 5, Phase.ASSIGN_ILLEGAL: 35, Phase.SEAL: 40,
             Phase.ASSIGN_LEGAL_SHARED: 90, Phase.DONE: 100}
+ABORTABLE = (Phase.CREATE_TEMPLATE, Phase.COPY_DISKS, Phase.ASSIGN_ILLEGAL, Phase.SEAL)
 
 
 class FlowFailed(VmsealError):
     code = "flow_failed"
+
+
+class Cancelled(VmsealError):
+    code = "aborted"
 
 
 def next_phase(phase: str, seal: bool) -> str:
@@ -42,22 +55,82 @@ def next_phase(phase: str, seal: bool) -> str:
     return order[order.index(phase) + 1]
 
 
+# -- lease ---------------------------------------------------------------------------------------------
+def acquire(template_id: int) -> bool:
+    now = timezone.now()
+    return bool(Template.objects.filter(pk=template_id)
+                .filter(Q(lease_expires__isnull=True) | Q(lease_expires__lt=now))
+                .update(lease_expires=now + LEASE))
+
+
+def renew(template_id: int) -> None:
+    Template.objects.filter(pk=template_id).update(lease_expires=timezone.now() + LEASE)
+
+
+def release(template_id: int) -> None:
+    Template.objects.filter(pk=template_id).update(lease_expires=None)
+
+
+class Context:
+    """What a step needs besides the template: its operation job, the lease heartbeat and the abort check."""
+
+    def __init__(self, t: Template, op: HostJob):
+        self.t, self.op = t, op
+
+    def heartbeat(self) -> None:
+        renew(self.t.pk)
+
+    def abort_requested(self) -> bool:
+        return HostJob.objects.filter(pk=self.op.pk, status__in=[JobStatus.ABORTING, JobStatus.ABORTED]).exists()
+
+    def host_job(self, action, step, target, description, args, *, timeout, progress_of=None) -> HostJob:
+        if self.abort_requested():
+            raise Cancelled("cancelled on request")
+        try:
+            return runner.run(self.t.host, action, args, parent=self.op, step=step, target=target,
+                              description=description, timeout=timeout, progress_of=progress_of,
+                              heartbeat=self.heartbeat, should_abort=self.abort_requested)
+        except runner.JobAborted:
+            raise Cancelled(_abort_reason(self.op)) from None
+
+
+def _abort_reason(op: HostJob) -> str:
+    op.refresh_from_db(fields=["error"])
+    return op.error or "cancelled on request"
+
+
+# -- the flow ----------------------------------------------------------------------------------------------
 def run(template_id: int) -> None:
+    if not acquire(template_id):
+        return  # another worker runs this flow
+    try:
+        _run(template_id)
+    finally:
+        release(template_id)
+
+
+def _run(template_id: int) -> None:
     t = Template.objects.select_related("host", "job").filter(pk=template_id).first()
-    if t is None or t.phase in (Phase.DONE, Phase.FAILED):
-        return  # rolled back and removed, or already ended
+    if t is None or t.phase == Phase.DONE:
+        return
     op = t.job
+    if t.phase == Phase.FAILED:  # a clean-up that could not finish: try again
+        rollback(t, op, t.error or "clean-up retried", "rollback")
+        return
     if op.status == JobStatus.PENDING:
         op.start()
-    if t.phase == Phase.ROLLBACK:  # a worker died while rolling back: finish it
-        rollback(t, op, t.error or "rollback resumed", "rollback")
+    if t.phase == Phase.ROLLBACK or op.status in (JobStatus.ABORTED, JobStatus.ABORTING):
+        rollback(t, op, t.error or _abort_reason(op), "aborted")
         return
+    ctx = Context(t, op)
     phase = t.phase
     try:
         while t.phase != Phase.DONE:
             phase = t.phase
             started = time.monotonic()
-            STEPS[phase](t, op)
+            STEPS[phase](ctx)
+            if ctx.abort_requested():
+                raise Cancelled(_abort_reason(op))
             t.phase = next_phase(phase, t.seal)
             t.save(update_fields=["phase", "status", "sealed", "updated"])
             op.append_log(f"{phase} done in {time.monotonic() - started:.1f}s\n")
@@ -65,35 +138,35 @@ def run(template_id: int) -> None:
         op.finish()
     except Exception as e:  # every failure fails the whole operation
         code = getattr(e, "code", "error")
-        message = f"{phase} failed: {e}"
+        message = f"{phase} failed: {e}" if not isinstance(e, Cancelled) else f"cancelled in {phase}: {e}"
         if not isinstance(e, VmsealError):
             log.exception("template %s: unexpected error in %s", t.pk, phase)
         rollback(t, op, message, code)
 
 
 # -- steps ---------------------------------------------------------------------------------------------
-def create_template(t: Template, op: HostJob) -> None:
+def create_template(ctx: Context) -> None:
     """Re-check the source in the worker (the request's check may be stale), record its disks, and
     make sure the host's template pool exists."""
+    t = ctx.t
     info = virt.domain_info(t.host, t.vm_name)
     if not info.stopped:
         raise DomainNotStopped(f"VM {t.vm_name!r} is {info.state}: only a shut-off VM can become a template")
     writable = [d for d in info.disks if not d.readonly]
     if not writable:
         raise FlowFailed(f"VM {t.vm_name!r} has no disks to copy")
-    with transaction.atomic():
-        t.disks.filter(volume__isnull=True).delete()
-        if not t.disks.exists():
-            TemplateDisk.objects.bulk_create(
-                TemplateDisk(template=t, index=i, target=d.target, source_path=d.path, source_format=d.format)
-                for i, d in enumerate(writable)
-            )
-        t.vm_uuid = info.uuid
-        t.save(update_fields=["vm_uuid"])
+    if not t.disks.exists():
+        TemplateDisk.objects.bulk_create(
+            TemplateDisk(template=t, index=i, target=d.target, source_path=d.path, source_format=d.format)
+            for i, d in enumerate(writable)
+        )
+    t.vm_uuid = info.uuid
+    t.save(update_fields=["vm_uuid"])
     virt.ensure_pool(t.host)
 
 
-def copy_disks(t: Template, op: HostJob) -> None:
+def copy_disks(ctx: Context) -> None:
+    t = ctx.t
     for disk in t.disks.select_related("volume"):
         vol = disk.volume
         if vol is not None and vol.legality == Legality.LEGAL:
@@ -104,48 +177,49 @@ def copy_disks(t: Template, op: HostJob) -> None:
             vol.save()
             disk.volume = vol
             disk.save(update_fields=["volume"])
-        with child_job(op, JobAction.COPY, f"volume:{vol.id}", f"copy {disk.target} ({disk.source_path})"):
-            vol.mirror(hostops.create_volume(t.host, str(vol.id), disk.source_path, disk.source_format))
+        job = ctx.host_job(
+            JobAction.COPY, Phase.COPY_DISKS, f"volume:{vol.id}", f"copy {disk.target} ({disk.source_path})",
+            ["create-volume", "--pool", t.host.pool_path, "--id", str(vol.id), "--source", disk.source_path,
+             "--source-format", disk.source_format, *(["--rate-limit", str(t.host.copy_rate_limit)]
+                                                       if t.host.copy_rate_limit else [])],
+            timeout=settings.VMSEAL_COPY_TIMEOUT,
+        )
+        vol.mirror(job.result)
     virt.refresh_pool(t.host)
 
 
-def assign_illegal(t: Template, op: HostJob) -> None:
-    for vol in _volumes(t):
-        update_volume(op, vol, legality=rules.ILLEGAL)
+def assign_illegal(ctx: Context) -> None:
+    for vol in _volumes(ctx.t):
+        update_volume(ctx, Phase.ASSIGN_ILLEGAL, vol, legality=rules.ILLEGAL)
 
 
-def seal(t: Template, op: HostJob) -> None:
+def seal(ctx: Context) -> None:
+    t = ctx.t
     vols = _volumes(t)
     argv = sysprep.build_command([(v.path, v.format) for v in vols])
-    with child_job(op, JobAction.SEAL, f"template:{t.pk}", f"virt-sysprep over {len(vols)} disk(s)") as job:
-        job.append_log("$ " + " ".join(argv) + "\n")
-        collected: list[str] = []
-        last_save = [0.0]
-
-        def on_line(line: str) -> None:
-            collected.append(line)
-            p = sysprep.progress_of(line)
-            now = time.monotonic()
-            if p is not None or now - last_save[0] > 2:
-                last_save[0] = now
-                job.set_progress(p if p is not None else job.progress, job.log + "".join(collected))
-
-        result = hostops.run_on_volumes(
-            t.host, [str(v.id) for v in vols], argv, env=sysprep.environment(t.host.guestfs_backend_settings),
-            timeout=settings.VMSEAL_SEAL_TIMEOUT, on_line=on_line,
-        )
-        out = "".join(collected)
-        job.set_progress(job.progress, job.log + out)
-        if result.get("exit_code") != 0:
-            raise FlowFailed(f"virt-sysprep exited {result.get('exit_code')}: {sysprep.error_summary(out)}")
+    args = ["run", "--pool", t.host.pool_path]
+    for v in vols:
+        args += ["--writable", str(v.id)]
+    for k, v in sysprep.environment(t.host.guestfs_backend_settings).items():
+        args += ["--env", f"{k}={v}"]
+    try:
+        ctx.host_job(JobAction.SEAL, Phase.SEAL, f"template:{t.pk}", f"virt-sysprep over {len(vols)} disk(s)",
+                     [*args, "--", *argv], timeout=settings.VMSEAL_SEAL_TIMEOUT, progress_of=sysprep.progress_of)
+    except runner.JobFailed as e:
+        job = ctx.op.children.filter(step=Phase.SEAL).order_by("-created").first()
+        code = (job.result or {}).get("exit_code") if job else None
+        if code is None:
+            raise
+        raise FlowFailed(f"virt-sysprep exited {code}: {sysprep.error_summary(job.log)}") from e
 
 
-def assign_legal_shared(t: Template, op: HostJob) -> None:
+def assign_legal_shared(ctx: Context) -> None:
+    t = ctx.t
     for vol in _volumes(t):
         if t.seal:
-            update_volume(op, vol, legality=rules.LEGAL, type=rules.SHARED)
+            update_volume(ctx, Phase.ASSIGN_LEGAL_SHARED, vol, legality=rules.LEGAL, type=rules.SHARED)
         else:
-            update_volume(op, vol, type=rules.SHARED)
+            update_volume(ctx, Phase.ASSIGN_LEGAL_SHARED, vol, type=rules.SHARED)
     t.status = TemplateStatus.OK
     t.sealed = t.seal
 
@@ -160,41 +234,21 @@ STEPS = {
 
 
 # -- building blocks ------------------------------------------------------------------------------------
-class child_job:
-    """A storage/virt job under the operation: started on enter, done on exit, failed (and the error
-    re-raised) when the body raises."""
-
-    def __init__(self, op: HostJob, action: str, target: str, description: str):
-        self.job = HostJob.create(op.host, action, parent=op, target=target, description=description)
-
-    def __enter__(self) -> HostJob:
-        self.job.start()
-        return self.job
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc is None:
-            self.job.finish()
-        else:
-            self.job.fail(str(exc), getattr(exc, "code", "error"))
-        return False
-
-
-def update_volume(op: HostJob, vol: Volume, *, legality: str | None = None, type: str | None = None) -> None:
-    """vdsm's update_volume as a storage job. A stale generation (e.g. the host applied the change but
-    the worker died before recording it) is resolved by re-reading the host's truth once."""
+def update_volume(ctx: Context, step: str, vol: Volume, *, legality: str | None = None,
+                  type: str | None = None) -> None:
+    """vdsm's update_volume as a storage job, with the generation the DB mirrors. A resumed flow finds
+    the job it started before (and its result) instead of applying the change twice."""
     want = {k: v for k, v in (("legality", legality), ("type", type)) if v is not None}
     if all(getattr(vol, k) == v for k, v in want.items()):
-        return  # already applied (resumed flow)
-    with child_job(op, JobAction.UPDATE_VOLUME, f"volume:{vol.id}",
-                   " ".join(f"{k}={v}" for k, v in want.items()) + f" (gen {vol.generation})"):
-        try:
-            reported = hostops.update_volume(op.host, str(vol.id), generation=vol.generation, **want)
-        except VolumeRefused:
-            vol.mirror(hostops.volume_info(op.host, str(vol.id)))
-            if all(getattr(vol, k) == v for k, v in want.items()):
-                return
-            reported = hostops.update_volume(op.host, str(vol.id), generation=vol.generation, **want)
-        vol.mirror(reported)
+        return
+    rules.plan_update(vol.meta(), generation=vol.generation, **want)  # refuse early what the host would refuse
+    args = ["update-volume", "--pool", vol.host.pool_path, "--id", str(vol.id), "--generation", str(vol.generation)]
+    for k, v in want.items():
+        args += [f"--{k}", v]
+    job = ctx.host_job(JobAction.UPDATE_VOLUME, step, f"volume:{vol.id}",
+                       " ".join(f"{k}={v}" for k, v in want.items()) + f" (gen {vol.generation})", args,
+                       timeout=settings.VMSEAL_STORAGE_TIMEOUT)
+    vol.mirror(job.result)
 
 
 def rollback(t: Template, op: HostJob, message: str, code: str) -> None:
@@ -202,16 +256,29 @@ def rollback(t: Template, op: HostJob, message: str, code: str) -> None:
     t.status, t.phase, t.error, t.sealed = TemplateStatus.FAILED, Phase.ROLLBACK, message, False
     t.save(update_fields=["status", "phase", "error", "sealed", "updated"])
     op.append_log(message + "\n")
+    # Host jobs that may still run there (their result never arrived, or a cancel): stop them first,
+    # so nothing writes to a volume being deleted.
+    for job in op.children.filter(Q(error_code__in=["deadline"]) | Q(status__in=[JobStatus.RUNNING,
+                                                                                 JobStatus.ABORTING])):
+        try:
+            runner.abort(job)
+        except HostError:
+            pass
+        job.refresh_from_db(fields=["status"])
+        if not job.is_terminal:
+            job.fail("abandoned by the rollback", "rollback")
     leftovers = []
     for disk in t.disks.select_related("volume"):
         vol = disk.volume
         if vol is None:
             continue
         try:
-            with child_job(op, JobAction.DELETE, f"volume:{vol.id}", f"rollback: delete {disk.target}"):
-                hostops.delete_volume(t.host, str(vol.id))
+            runner.run(t.host, JobAction.DELETE, ["delete-volume", "--pool", t.host.pool_path, "--id", str(vol.id)],
+                       parent=op, step=Phase.ROLLBACK, target=f"volume:{vol.id}",
+                       description=f"rollback: delete {disk.target}", timeout=settings.VMSEAL_STORAGE_TIMEOUT,
+                       heartbeat=lambda: renew(t.pk))
         except HostError as e:
-            # Could not delete: it stays ILLEGAL (the host helper marks it so before unlinking).
+            # Could not delete: it stays ILLEGAL (the host marks it so before unlinking anything).
             Volume.objects.filter(pk=vol.pk).update(legality=Legality.ILLEGAL)
             leftovers.append(f"{vol.id}: {e}")
             continue
@@ -224,21 +291,33 @@ def rollback(t: Template, op: HostJob, message: str, code: str) -> None:
         pass
     if leftovers:
         t.phase = Phase.FAILED
-        t.error = f"{message}; volumes left ILLEGAL on the host: {'; '.join(leftovers)}"
+        if "volumes left ILLEGAL" not in t.error:
+            t.error = f"{message}; volumes left ILLEGAL on the host: {'; '.join(leftovers)}"
         t.save(update_fields=["phase", "error", "updated"])
-        op.append_log(t.error + "\n")
+        op.append_log(f"clean-up incomplete: {'; '.join(leftovers)}\n")
     else:
         t.delete()
         op.append_log("rollback done: template and volumes removed\n")
     op.refresh_from_db(fields=["status"])
     if op.status == JobStatus.ABORTING:
         op.mark_aborted(message)
-    elif not op.is_terminal:
+    elif op.status == JobStatus.RUNNING:
         op.fail(message, code)
 
 
+def request_abort(op: HostJob, reason: str) -> bool:
+    """Abort an operation because its source VM started (the cancel API calls HostJob.cancel directly).
+    The flow's worker aborts the current host job and rolls back. False when it already ended."""
+    op.refresh_from_db()
+    try:
+        op.cancel(reason)
+    except InvalidTransition:
+        return False
+    return True
+
+
 def _volumes(t: Template) -> list[Volume]:
-    vols = [d.volume for d in t.disks.select_related("volume")]
+    vols = [d.volume for d in t.disks.select_related("volume", "volume__host")]
     if any(v is None for v in vols):
         raise FlowFailed("a disk has no volume")
     return vols
@@ -248,6 +327,3 @@ def _ensure_source_stopped(t: Template) -> None:
     info = virt.domain_info(t.host, t.vm_name)
     if not info.stopped:
         raise DomainNotStopped(f"VM {t.vm_name!r} is {info.state}: it must stay shut off while its disks are copied")
-
-
-__all__ = ["run", "next_phase", "rollback", "VolumeType"]

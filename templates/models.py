@@ -37,6 +37,9 @@ class Template(models.Model):
     sealed = models.BooleanField(default=False)
     error = models.TextField(blank=True, default="")
     job = models.OneToOneField(HostJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="template")
+    # Held by the worker running the flow and renewed while it waits; an expired lease on an unfinished
+    # template means its worker died, and the sweeper resumes the flow.
+    lease_expires = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 

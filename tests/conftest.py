@@ -1,1 +1,31 @@
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
 pytest_plugins = ["tests.fixtures.hostjobs", "tests.fixtures.sealing"]
+
+
+def pytest_sessionstart(session):
+    # The test database is a file in WAL mode (the qcluster shares it). Django removes the old file
+    # before creating it again but not its -wal/-shm companions, which would bring old rows back.
+    name = settings.DATABASES["default"].get("TEST", {}).get("NAME")
+    if name and settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(name + suffix).unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(request, django_test_environment, django_db_blocker, django_db_keepdb,
+                    django_db_modify_db_settings):
+    """Always create the test database. pytest-django creates it only for aliases that collected
+    ``django_db`` tests ask for; the end-to-end tests use it from module fixtures (shared with the
+    qcluster), and without this they would silently run against the development database."""
+    from django.test.utils import setup_databases, teardown_databases
+
+    with django_db_blocker.unblock():
+        config = setup_databases(verbosity=request.config.option.verbose, interactive=False,
+                                 keepdb=django_db_keepdb, aliases={"default"})
+    yield
+    with django_db_blocker.unblock():
+        teardown_databases(config, verbosity=request.config.option.verbose, keepdb=django_db_keepdb)

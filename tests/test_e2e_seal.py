@@ -50,6 +50,9 @@ def run(test_host, qcluster, django_db_blocker):
                      format="json")
         assert r.status_code == 201, r.content
         host_id = r.json()["id"]
+        from django.core.management import call_command
+
+        call_command("host_install", "e2e1")  # the libvirt hooks and the job runner
         sources = {"gold1": test_host.define_vm("gold1", "one"), "gold2": test_host.define_vm("gold2", "two"),
                    "blank1": test_host.define_vm("blank1", "blank")}
         all_sources = [p for paths in sources.values() for p in paths]
@@ -76,6 +79,9 @@ def run(test_host, qcluster, django_db_blocker):
         metas = {name: json.loads(test_host.exec("cat", f"/var/lib/vmseal/templates/{name}").stdout)
                  for name in pool if name.endswith(".meta")}
         after = test_host.sha256(all_sources)
+        from hostjobs.models import CallbackNonce
+
+        pushed = CallbackNonce.objects.filter(host_id=host_id).count()
 
         def vol_paths(key):
             return [d["volume"]["path"] for d in templates[key].json()["disks"]]
@@ -91,7 +97,7 @@ def run(test_host, qcluster, django_db_blocker):
                 "api": api, "host_id": host_id, "jobs": jobs, "templates": templates, "volumes": volumes,
                 "pool": pool, "metas": metas, "before": before, "after": after, "sealed": sealed,
                 "posted": posted, "paths": {k: vol_paths(k) for k in ("one", "two")},
-                "plain_compare": plain_compare, "wall": wall, "post_seconds": post_seconds,
+                "plain_compare": plain_compare, "wall": wall, "post_seconds": post_seconds, "pushed": pushed,
             }
         finally:
             for h in Host.objects.all():
@@ -117,6 +123,12 @@ def test_sealed_templates_end_ok_and_their_jobs_done(run):
     assert run["templates"]["one"].json()["sealed"] is True
     assert run["templates"]["two"].json()["sealed"] is True
     assert run["templates"]["plain"].json()["sealed"] is False
+
+
+def test_host_jobs_completion_was_pushed_by_the_host(run):
+    host_jobs = sum(len(j["children"]) for j in run["jobs"].values())
+    assert host_jobs >= 20
+    assert run["pushed"] >= host_jobs, "one signed notification accepted per host job"
 
 
 def test_job_tree_has_storage_jobs_per_volume_and_one_virt_job(run):

@@ -152,6 +152,10 @@ VMSEAL_SSH_KEY = Path(os.environ.get("VMSEAL_SSH_KEY", DATA_DIR / "ssh" / "id_ed
 VMSEAL_SSH_CONNECT_TIMEOUT = int(os.environ.get("VMSEAL_SSH_CONNECT_TIMEOUT", "5"))
 VMSEAL_COPY_TIMEOUT = int(os.environ.get("VMSEAL_COPY_TIMEOUT", "1800"))
 VMSEAL_SEAL_TIMEOUT = int(os.environ.get("VMSEAL_SEAL_TIMEOUT", "1800"))
+VMSEAL_STORAGE_TIMEOUT = int(os.environ.get("VMSEAL_STORAGE_TIMEOUT", "120"))  # update_volume, delete
+# Where hosts push job and libvirt events, e.g. http://10.0.0.5:8000/api/callbacks/ (a Host may override).
+# Empty: push is off and jobs complete by polling.
+VMSEAL_CALLBACK_URL = os.environ.get("VMSEAL_CALLBACK_URL", "")
 
 LOGGING = {
     "version": 1,

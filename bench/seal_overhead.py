@@ -1,0 +1,138 @@
+"""vmseal vs doing it by hand, on one test host, alternated.
+
+vmseal run: POST /api/templates/ (seal=true) for a stopped 2-disk VM, through a real qcluster, until the
+operation job is terminal. Raw run: on the same host, `qemu-img convert` of each disk, then one
+`virt-sysprep` with the same argv vmseal uses (sealing.sysprep.build_command). Prints each run, then
+`orchestration_s=<median vmseal wall - median time inside host commands>` and, last,
+`overhead_ratio=<median vmseal wall / median raw wall>`.
+
+    .venv/bin/python bench/seal_overhead.py [--runs 3]      (root; makes and removes host vmseal-bench)
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "var" / "bench"
+shutil.rmtree(DATA, ignore_errors=True)
+os.environ["VMSEAL_DATA_DIR"] = str(DATA)
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vmseal.settings")
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+import django  # noqa: E402
+
+django.setup()
+
+import guestdisk  # noqa: E402
+from django.contrib.auth.models import User  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from rest_framework.test import APIClient  # noqa: E402
+
+from hostjobs.models import Host, HostJob  # noqa: E402
+from hostjobs.transport import app_public_key  # noqa: E402
+from sealing import sysprep  # noqa: E402
+
+HOST = "vmseal-bench"
+TESTHOSTS = [sys.executable, str(ROOT / "scripts" / "testhosts.py")]
+
+
+def host_exec(*argv):
+    return subprocess.run([*TESTHOSTS, "exec", HOST, "--", *argv], check=True, capture_output=True, text=True)
+
+
+def vmseal_run(api, host, i):
+    t0 = time.monotonic()
+    r = api.post("/api/templates/", {"name": f"bench-{i}", "host": host.pk, "vm": "bench2", "seal": True},
+                 format="json")
+    assert r.status_code == 202, r.content
+    job_id = r.json()["id"]
+    while True:
+        job = HostJob.objects.get(pk=job_id)
+        if job.is_terminal:
+            break
+        time.sleep(0.05)
+    wall = time.monotonic() - t0
+    assert job.status == "done", job.error
+    inside = sum((c.completed - c.started).total_seconds() for c in job.children.all())
+    seal = next(c for c in job.children.all() if c.action == "seal")
+    return wall, inside, (seal.completed - seal.started).total_seconds()
+
+
+def raw_run(disks, i):
+    outs = [f"/var/lib/vmseal/raw/{i}-{n}.qcow2" for n in range(len(disks))]
+    argv = sysprep.build_command([(o, "qcow2") for o in outs])
+    script = "set -e; mkdir -p /var/lib/vmseal/raw; " + "; ".join(
+        f"qemu-img convert -f qcow2 -O qcow2 {src} {dst}" for src, dst in zip(disks, outs, strict=True))
+    t0 = time.monotonic()
+    host_exec("sh", "-c", script)
+    t1 = time.monotonic()
+    host_exec("env", "LIBGUESTFS_BACKEND=direct", "LIBGUESTFS_BACKEND_SETTINGS=force_tcg", *argv)
+    t2 = time.monotonic()
+    return t2 - t0, t2 - t1
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    call_command("migrate", verbosity=0)
+    subprocess.run([*TESTHOSTS, "down", HOST], capture_output=True)
+    info = json.loads(subprocess.run([*TESTHOSTS, "up", HOST], check=True, capture_output=True, text=True).stdout)
+    qc = None
+    try:
+        with open(info["authorized_keys"], "a") as f:
+            f.write(app_public_key() + "\n")
+        images = Path(info["root"]) / "lib-libvirt" / "images"
+        disks = ["/var/lib/libvirt/images/" + p.name for p in guestdisk.build(images, "two", "bench2")]
+        (images / "bench2.xml").write_text(guestdisk.domain_xml("bench2", disks))
+        host_exec("virsh", "-c", "qemu:///system", "define", "/var/lib/libvirt/images/bench2.xml")
+        host = Host.objects.create(name="bench", address=info["address"], host_key=info["host_key"],
+                                   guestfs_backend_settings="force_tcg")
+        api = APIClient()
+        api.force_authenticate(User.objects.create_superuser("bench", "b@x", "bench-pass-1"))
+        qc = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "qcluster"], cwd=ROOT,
+                              env={**os.environ, "VMSEAL_Q_WORKERS": "2"}, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(2)
+        # warm the appliance cache and the SSH connection once, outside the measurement
+        raw_run(disks, "warm")
+        vm, raw = [], []
+        for i in range(args.runs):
+            order = (("vmseal", "raw") if i % 2 == 0 else ("raw", "vmseal"))
+            for what in order:
+                if what == "vmseal":
+                    wall, inside, seal = vmseal_run(api, host, i)
+                    vm.append((wall, inside, seal))
+                    print(f"run {i} vmseal: wall {wall:.2f}s, inside host commands {inside:.2f}s, "
+                          f"of which virt-sysprep job {seal:.2f}s", flush=True)
+                else:
+                    wall, seal = raw_run(disks, i)
+                    raw.append((wall, seal))
+                    print(f"run {i} raw:    wall {wall:.2f}s, of which virt-sysprep {seal:.2f}s", flush=True)
+        med_vm = statistics.median(w for w, _, _ in vm)
+        med_inside = statistics.median(x for _, x, _ in vm)
+        med_raw = statistics.median(w for w, _ in raw)
+        print(f"median vmseal wall {med_vm:.2f}s; median raw wall {med_raw:.2f}s; "
+              f"median raw virt-sysprep alone {statistics.median(s for _, s in raw):.2f}s")
+        print(f"orchestration_s={med_vm - med_inside:.2f}")
+        print(f"overhead_ratio={med_vm / med_raw:.3f}")
+    finally:
+        if qc:
+            os.killpg(qc.pid, signal.SIGTERM)
+            try:
+                qc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(qc.pid, signal.SIGKILL)
+        subprocess.run([*TESTHOSTS, "down", HOST], capture_output=True)
+
+
+if __name__ == "__main__":
+    main()

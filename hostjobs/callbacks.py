@@ -1,0 +1,88 @@
+"""``POST /api/callbacks/``: notifications pushed by hosts (the job runner on a job's end, the libvirt
+hooks on daemon and domain events).
+
+Each is signed with the host's secret: ``X-Vmseal-Signature = HMAC-SHA256(secret, "<ts>.<nonce>." + body)``
+with ``X-Vmseal-Timestamp`` (unix seconds, at most MAX_SKEW old or ahead) and a one-time
+``X-Vmseal-Nonce``. Unsigned, wrongly signed, stale, replayed, or about another host's job: refused,
+and nothing changes. Accepted notifications are idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from datetime import timedelta
+
+import django.dispatch
+from django.db import IntegrityError, transaction
+from django.http import JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from hostjobs import runner
+from hostjobs.models import CallbackNonce, Host, HostJob
+
+log = logging.getLogger("vmseal.callbacks")
+MAX_SKEW = 300
+MAX_BODY = 64 * 1024
+
+# Sent for libvirt hook events: sender=Host, event=dict(kind, domain, op, subop). The flow (sealing)
+# listens, so hostjobs does not need to know what a template is.
+host_event = django.dispatch.Signal()
+
+
+def sign(secret: str, body: bytes, ts: str, nonce: str) -> str:
+    return hmac.new(secret.encode(), f"{ts}.{nonce}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def _refuse(status: int, why: str) -> JsonResponse:
+    return JsonResponse({"detail": why}, status=status)
+
+
+@csrf_exempt
+@require_POST
+def callback(request):
+    body = request.body
+    if len(body) > MAX_BODY:
+        return _refuse(413, "body too large")
+    ts = request.headers.get("X-Vmseal-Timestamp", "")
+    nonce = request.headers.get("X-Vmseal-Nonce", "")
+    sig = request.headers.get("X-Vmseal-Signature", "")
+    if not (ts.isdigit() and nonce and sig and len(nonce) <= 64):
+        return _refuse(401, "unsigned")
+    try:
+        payload = json.loads(body)
+        host = Host.objects.get(pk=int(payload["host"]))
+    except (ValueError, KeyError, TypeError, Host.DoesNotExist):
+        return _refuse(401, "unknown host")
+    if not hmac.compare_digest(sign(host.callback_secret, body, ts, nonce), sig):
+        return _refuse(401, "bad signature")
+    if abs(time.time() - int(ts)) > MAX_SKEW:
+        return _refuse(401, "stale timestamp")
+    try:
+        with transaction.atomic():
+            CallbackNonce.objects.create(host=host, nonce=nonce)
+    except IntegrityError:
+        return _refuse(409, "replayed")
+    kind = payload.get("kind")
+    if kind == "job":
+        try:
+            job = HostJob.objects.select_related("host").get(pk=payload.get("job"), host=host)
+        except (HostJob.DoesNotExist, ValueError, TypeError, Exception):
+            return _refuse(404, "no such job on this host")
+        runner.apply_state(job, {k: payload.get(k) for k in ("status", "error", "exit_code", "result")})
+        return JsonResponse({"ok": True, "status": HostJob.objects.get(pk=job.pk).status})
+    if kind in ("domain", "daemon"):
+        log.info("host %s: %s event %s", host, kind, {k: payload.get(k) for k in ("domain", "op", "subop")})
+        host_event.send(sender=Host, host=host, event=payload)
+        return JsonResponse({"ok": True})
+    return _refuse(400, "unknown kind")
+
+
+def forget_old_nonces() -> int:
+    """Nonces older than the accepted skew can be dropped: their timestamps are refused anyway."""
+    return CallbackNonce.objects.filter(received__lt=timezone.now() - timedelta(seconds=2 * MAX_SKEW)).delete()[0]

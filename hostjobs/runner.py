@@ -1,0 +1,190 @@
+"""Host jobs, app side: start a job on its host, learn its end by push (the host's signed callback,
+``hostjobs.callbacks``) or by polling (fallback), abort it, clear it.
+
+This is the common part of oVirt's HostJobCallback: storage jobs and virt jobs differ only in what
+they run on the host (``args``) and how their progress reads (``progress_of``).
+
+On the host a job is a detached runner with its state in /var/lib/vmseal/jobs/<id>/ (see
+``hooks/vmseal_host.py``): it survives the app, the worker and libvirtd restarting. Starting a job
+that already exists on the host never runs it twice, so a resumed flow simply re-attaches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from hostjobs import hostops
+from hostjobs.errors import HostCommandFailed, HostError, VolumeRefused
+from hostjobs.models import LOG_LIMIT, HostJob, JobStatus
+
+log = logging.getLogger("vmseal.runner")
+POLL_MIN, POLL_MAX = 1.0, 10.0  # poll backoff, seconds
+WATCH = 0.1  # how often a waiter re-reads the job row (where pushes land)
+
+
+class JobFailed(HostError):
+    code = "job_failed"
+
+
+class JobAborted(HostError):
+    code = "aborted"
+
+
+def callback_url(host) -> str:
+    return host.callback_url or getattr(settings, "VMSEAL_CALLBACK_URL", "")
+
+
+def new_job(host, action, *, parent, step, target, description, timeout: float) -> HostJob:
+    return HostJob.create(host, action, parent=parent, step=step, target=target, description=description,
+                          deadline=timezone.now() + timedelta(seconds=timeout))
+
+
+def start(job: HostJob, args: list[str]) -> None:
+    """Start ``args`` (a helper subcommand) as host job ``job``; idempotent."""
+    spec = {"args": args, "callback_url": callback_url(job.host), "secret": job.host.callback_secret,
+            "host": job.host_id}
+    state = hostops.helper(job.host, ["job-start", "--id", str(job.id)], input=json.dumps(spec).encode(),
+                           timeout=60)
+    if job.status == JobStatus.PENDING:
+        job.start()
+    apply_state(job, state)
+
+
+def poll(job: HostJob, progress_of: Callable[[str], int | None] | None = None) -> None:
+    state = hostops.helper(job.host, ["job-status", "--id", str(job.id), "--log-offset", str(job.log_offset)],
+                           timeout=30)
+    apply_state(job, state, progress_of)
+
+
+def apply_state(job: HostJob, state: dict, progress_of: Callable[[str], int | None] | None = None) -> None:
+    """Take what the host said about a job (a poll answer or a pushed notification). Idempotent: a
+    terminal job is never moved again, a repeated notification changes nothing."""
+    now = timezone.now()
+    fields = {"last_seen": now}
+    chunk = state.get("log")
+    if chunk is not None and state.get("log_offset", 0) > job.log_offset:
+        job.log = (job.log + chunk)[-LOG_LIMIT:]
+        job.log_offset = state["log_offset"]
+        fields.update(log=job.log, log_offset=job.log_offset)
+        if progress_of:
+            marks = [p for p in (progress_of(ln) for ln in chunk.splitlines()) if p is not None]
+            if marks:
+                job.progress = max(job.progress, marks[-1])
+                fields["progress"] = job.progress
+    HostJob.objects.filter(pk=job.pk).update(**fields)
+    status = state.get("status")
+    if status not in ("done", "failed", "aborted"):
+        return
+    job.refresh_from_db(fields=["status"])
+    if job.is_terminal:
+        return
+    if status == "done":
+        HostJob.objects.filter(pk=job.pk).update(result=state.get("result"))
+        job.result = state.get("result")
+        if job.status == JobStatus.RUNNING:
+            job.finish()
+    elif status == "aborted" or job.status == JobStatus.ABORTING:
+        job.mark_aborted(state.get("error") or "aborted")
+    else:
+        result = state.get("result") or {}
+        job.result = result
+        HostJob.objects.filter(pk=job.pk).update(result=result)
+        job.fail(state.get("error") or f"exit status {state.get('exit_code')}",
+                 "volume_refused" if state.get("exit_code") == 3 else "job_failed")
+
+
+def wait(job: HostJob, *, progress_of=None, heartbeat: Callable[[], None] | None = None,
+         should_abort: Callable[[], bool] | None = None) -> HostJob:
+    """Block until ``job`` is terminal: a push shows up in the row within WATCH seconds; meanwhile the
+    host is polled with backoff (1 s doubling to 10 s). An unreachable host leaves the job's state
+    unknown until its deadline, then the job fails. ``should_abort`` asks to abort it on the host."""
+    next_poll = time.monotonic() + POLL_MIN
+    backoff = POLL_MIN
+    next_beat = 0.0
+    abort_sent = False
+    while True:
+        job.refresh_from_db(fields=["status", "progress", "error", "error_code", "result", "log_offset", "log",
+                                    "deadline"])
+        if job.is_terminal:
+            return job
+        now = time.monotonic()
+        if heartbeat and now >= next_beat:
+            heartbeat()
+            next_beat = now + 5
+        if should_abort and not abort_sent and should_abort():
+            abort_sent = True
+            try:
+                abort(job)
+            except HostError as e:
+                log.warning("abort of %s failed: %s", job.pk, e)
+            continue
+        if job.deadline and timezone.now() > job.deadline:
+            try:
+                poll(job, progress_of)  # one last look before giving up
+            except HostError:
+                pass
+            job.refresh_from_db(fields=["status"])
+            if not job.is_terminal:
+                job.fail(f"no result from host {job.host} by the job's deadline", "deadline")
+            return job
+        if now >= next_poll:
+            try:
+                poll(job, progress_of)
+            except HostError as e:
+                log.info("job %s: host %s unreachable (%s); state unknown, waiting", job.pk, job.host, e.code)
+            backoff = min(backoff * 2, POLL_MAX)
+            next_poll = now + backoff
+            continue
+        time.sleep(WATCH)
+
+
+def abort(job: HostJob) -> None:
+    if job.status == JobStatus.RUNNING:
+        job.request_abort()
+    try:
+        state = hostops.helper(job.host, ["job-abort", "--id", str(job.id)], timeout=30)
+    except VolumeRefused:  # already terminal on the host
+        state = hostops.helper(job.host, ["job-status", "--id", str(job.id)], timeout=30)
+    apply_state(job, state)
+
+
+def clear(job: HostJob) -> None:
+    """Remove a terminal job's directory on the host (its log is in the row already)."""
+    try:
+        hostops.helper(job.host, ["job-clear", "--id", str(job.id)], timeout=30)
+    except (HostCommandFailed, VolumeRefused, HostError) as e:
+        log.info("could not clear job %s on %s: %s", job.pk, job.host, e)
+
+
+def run(host, action, args: list[str], *, parent: HostJob, step: str, target: str, description: str,
+        timeout: float, progress_of=None, heartbeat=None, should_abort=None) -> HostJob:
+    """Run a host job to its end and return it, re-attaching to one this parent already started for
+    the same step and target. Raises JobFailed / JobAborted when it did not end done."""
+    job = (parent.children.filter(step=step, action=action, target=target)
+           .exclude(status__in=[JobStatus.FAILED, JobStatus.ABORTED]).order_by("-created").first())
+    if job is None:
+        job = new_job(host, action, parent=parent, step=step, target=target, description=description,
+                      timeout=timeout)
+    if job.status in (JobStatus.PENDING, JobStatus.RUNNING):
+        if job.status == JobStatus.PENDING or job.last_seen is None:
+            try:
+                start(job, args)
+            except HostError as e:
+                job.refresh_from_db(fields=["status"])
+                if not job.is_terminal:
+                    job.fail(f"could not start on host {host}: {e}", e.code)
+                raise
+        wait(job, progress_of=progress_of, heartbeat=heartbeat, should_abort=should_abort)
+    if job.status == JobStatus.DONE:
+        clear(job)
+        return job
+    if job.status == JobStatus.ABORTED:
+        raise JobAborted(job.error or "aborted")
+    raise JobFailed(job.error or "failed", detail=job.error_code)

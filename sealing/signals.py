@@ -1,0 +1,27 @@
+"""Reactions to host events and worker starts."""
+
+import logging
+
+from django_q.tasks import async_task
+
+from sealing import flow
+from templates.models import Template, TemplateStatus
+
+log = logging.getLogger("vmseal.flow")
+STARTING = ("prepare", "start", "started")
+
+
+def on_host_event(sender, host, event, **kwargs):
+    """A source VM that starts while its disks are copied or sealed aborts that operation."""
+    if event.get("kind") != "domain" or event.get("op") not in STARTING:
+        return
+    for t in Template.objects.filter(host=host, vm_name=event.get("domain"), status=TemplateStatus.LOCKED,
+                                     phase__in=flow.ABORTABLE).select_related("job"):
+        if t.job and flow.request_abort(t.job, f"source VM {t.vm_name!r} started on {host.name} "
+                                               f"({event.get('op')}) during {t.phase}"):
+            log.warning("template %s: source VM started; aborting", t.pk)
+
+
+def on_worker_spawn(sender, proc_name=None, **kwargs):
+    # Resume what a previous cluster left behind as soon as a worker is up (the schedule does the rest).
+    async_task("sealing.tasks.sweep", task_name="vmseal-sweep-on-spawn")

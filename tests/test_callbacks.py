@@ -1,0 +1,128 @@
+"""POST /api/callbacks/: only fresh, correctly signed, first-time notifications about a host's own jobs
+change anything."""
+
+import json
+import time
+import uuid
+
+import pytest
+
+from hostjobs.callbacks import sign
+from hostjobs.models import CallbackNonce, Host, HostJob, JobAction
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHYxXA9dCvPrHMuXWbnnUMW7yDpDlHgZ1aqYjakW6cwK"
+
+
+@pytest.fixture
+def hosts(db):
+    return (Host.objects.create(name="a", address="10.211.0.50", host_key=KEY),
+            Host.objects.create(name="b", address="10.211.0.51", host_key=KEY))
+
+
+@pytest.fixture
+def running_job(hosts):
+    job = HostJob.create(hosts[0], JobAction.COPY)
+    job.start()
+    return job
+
+
+def post(client, payload, secret, *, ts=None, nonce=None, sig=None, body=None):
+    body = body if body is not None else json.dumps(payload).encode()
+    ts = str(int(time.time())) if ts is None else ts
+    nonce = nonce or uuid.uuid4().hex
+    sig = sig if sig is not None else sign(secret, body, ts, nonce)
+    return client.post("/api/callbacks/", body, content_type="application/json",
+                       HTTP_X_VMSEAL_TIMESTAMP=ts, HTTP_X_VMSEAL_NONCE=nonce, HTTP_X_VMSEAL_SIGNATURE=sig)
+
+
+def done(job, host):
+    return {"kind": "job", "job": str(job.pk), "host": host.pk, "status": "done", "exit_code": 0,
+            "result": {"id": "x"}, "error": ""}
+
+
+def status(job):
+    return HostJob.objects.get(pk=job.pk).status
+
+
+def test_a_signed_notification_completes_the_job_once(client, hosts, running_job):
+    a = hosts[0]
+    r = post(client, done(running_job, a), a.callback_secret)
+    assert r.status_code == 200
+    assert status(running_job) == "done"
+    assert HostJob.objects.get(pk=running_job.pk).result == {"id": "x"}
+    again = post(client, {**done(running_job, a), "status": "failed"}, a.callback_secret)
+    assert again.status_code == 200, "a late or repeated notification is accepted and ignored"
+    assert status(running_job) == "done"
+
+
+@pytest.mark.parametrize("forge", ["unsigned", "wrong_secret", "tampered_body", "stale", "future"])
+def test_forged_notifications_are_refused_and_change_nothing(client, hosts, running_job, forge):
+    a = hosts[0]
+    payload = done(running_job, a)
+    kwargs = {}
+    if forge == "unsigned":
+        r = client.post("/api/callbacks/", json.dumps(payload), content_type="application/json")
+    else:
+        if forge == "wrong_secret":
+            kwargs["sig"] = sign("0" * 64, json.dumps(payload).encode(), str(int(time.time())), "n1")
+            kwargs["nonce"] = "n1"
+        elif forge == "tampered_body":
+            ts, nonce = str(int(time.time())), "n2"
+            kwargs.update(ts=ts, nonce=nonce, sig=sign(a.callback_secret, json.dumps(payload).encode(), ts, nonce),
+                          body=json.dumps({**payload, "status": "failed"}).encode())
+        elif forge == "stale":
+            kwargs["ts"] = str(int(time.time()) - 3600)
+        elif forge == "future":
+            kwargs["ts"] = str(int(time.time()) + 3600)
+        r = post(client, payload, a.callback_secret, **kwargs)
+    assert r.status_code == 401
+    assert status(running_job) == "running"
+    assert CallbackNonce.objects.count() == 0
+
+
+def test_a_replayed_notification_is_refused(client, hosts, running_job):
+    a = hosts[0]
+    payload = {**done(running_job, a), "status": "running"}
+    ts, nonce = str(int(time.time())), uuid.uuid4().hex
+    assert post(client, payload, a.callback_secret, ts=ts, nonce=nonce).status_code == 200
+    r = post(client, done(running_job, a), a.callback_secret, ts=ts, nonce=nonce)
+    assert r.status_code == 409, "a nonce is good once, whatever the body"
+    assert status(running_job) == "running"
+    body = json.dumps(done(running_job, a)).encode()
+    ts2, n2 = str(int(time.time())), uuid.uuid4().hex
+    first = post(client, None, a.callback_secret, ts=ts2, nonce=n2, body=body)
+    assert first.status_code == 200
+    replay = post(client, None, a.callback_secret, ts=ts2, nonce=n2, body=body)
+    assert replay.status_code == 409
+
+
+def test_a_host_cannot_report_on_another_hosts_job(client, hosts, running_job):
+    a, b = hosts
+    r = post(client, {**done(running_job, a), "host": b.pk}, b.callback_secret)
+    assert r.status_code == 404
+    assert status(running_job) == "running"
+
+
+def test_unknown_jobs_and_kinds_are_refused(client, hosts):
+    a = hosts[0]
+    r = post(client, {"kind": "job", "job": str(uuid.uuid4()), "host": a.pk, "status": "done"}, a.callback_secret)
+    assert r.status_code == 404
+    r = post(client, {"kind": "bogus", "host": a.pk}, a.callback_secret)
+    assert r.status_code == 400
+
+
+def test_the_secret_is_never_in_the_api(admin_client, hosts):
+    body = admin_client.get(f"/api/hosts/{hosts[0].pk}/").content.decode()
+    assert hosts[0].callback_secret not in body
+    assert "callback_secret" not in body
+
+
+def test_cancel_api(admin_client, hosts, running_job, django_user_model, client):
+    reader = django_user_model.objects.create_user("reader", password="reader-pass-1")
+    client.force_login(reader)
+    assert client.post(f"/api/jobs/{running_job.pk}/cancel/").status_code == 403
+    assert status(running_job) == "running"
+    r = admin_client.post(f"/api/jobs/{running_job.pk}/cancel/")
+    assert r.status_code == 202
+    assert r.json()["status"] == "aborting"
+    assert admin_client.post(f"/api/jobs/{running_job.pk}/cancel/").status_code == 409

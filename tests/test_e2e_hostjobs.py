@@ -1,0 +1,227 @@
+"""Durable host jobs, on a real test host: push and poll, a worker killed mid-seal, libvirtd restarted
+mid-seal, the host's link down past a job's deadline, the source VM started mid-copy, and cancel."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+
+from tests.fixtures.hostjobs import ROOT
+from tests.fixtures.sealing import wait_jobs
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def hj(test_host, qcluster, callback_server, django_db_blocker):
+    from django.contrib.auth.models import User
+    from rest_framework.test import APIClient
+
+    from hostjobs import transport
+    from hostjobs.models import Host
+
+    with django_db_blocker.unblock():
+        user = User.objects.create_superuser("hj", "hj@example.test", "hj-pass-1")
+        api = APIClient()
+        api.force_authenticate(user)
+
+        def add_host(name, pool, **extra):
+            r = api.post("/api/hosts/", {"name": name, "address": test_host.address, "host_key": test_host.host_key,
+                                         "guestfs_backend_settings": "force_tcg", "pool_path": pool, **extra},
+                         format="json")
+            assert r.status_code == 201, r.content
+            return Host.objects.get(pk=r.json()["id"])
+
+        ns = SimpleNamespace(api=api, th=test_host, add_host=add_host,
+                             host=add_host("hj", "/var/lib/vmseal/hj"))
+        for vm in ("hj-kill", "hj-lv", "hj-link", "hj-cancel", "hj-plain"):
+            test_host.define_vm(vm, "one")
+        test_host.define_vm("hj-big", "one", filler_mb=24)
+        try:
+            yield ns
+        finally:
+            for h in Host.objects.all():
+                transport.close(h)
+
+
+@pytest.fixture
+def dbx(django_db_blocker):
+    """DB access that is not rolled back: the qcluster and callback server see what the test wrote."""
+    with django_db_blocker.unblock():
+        yield
+
+
+def request(ns, host, name, vm, seal=True):
+    r = ns.api.post("/api/templates/", {"name": name, "host": host.pk, "vm": vm, "seal": seal}, format="json")
+    assert r.status_code == 202, r.content
+    return r.json()["id"]
+
+
+def wait_child(op_id, action, status="running", timeout=120):
+    from hostjobs.models import HostJob
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = HostJob.objects.filter(parent_id=op_id, action=action, status=status).first()
+        if job:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"no {status} {action} job under {op_id} after {timeout}s")
+
+
+def host_state(th, job_id):
+    out = th.exec("cat", f"/var/lib/vmseal/jobs/{job_id}/state.json", check=False)
+    return json.loads(out.stdout) if out.returncode == 0 else None
+
+
+def ensure_sweep_schedule():
+    from django.utils import timezone
+    from django_q.models import Schedule
+
+    Schedule.objects.update_or_create(name="vmseal-sweep", defaults={
+        "func": "sealing.tasks.sweep", "schedule_type": Schedule.MINUTES, "minutes": 1, "repeats": -1,
+        "next_run": timezone.now()})
+
+
+def assert_nothing_left(ns, host, template_name):
+    from templates.models import Template
+    from volumes.models import Volume
+
+    assert not Template.objects.filter(name=template_name).exists()
+    known = {v.path.rsplit("/", 1)[1] for v in Volume.objects.filter(host=host)}
+    files = {n for n in ns.th.pool_files(host.pool_path) if n.endswith(".qcow2")}
+    assert files == known, "the pool holds exactly the volumes the DB knows"
+    assert not Volume.objects.filter(host=host, legality="LEGAL", disk__isnull=True).exists()
+
+
+def test_with_push_lost_jobs_complete_by_polling(hj, dbx):
+    from hostjobs.models import CallbackNonce, HostJob
+
+    host = hj.add_host("hj-poll", "/var/lib/vmseal/poll", callback_url="http://10.211.0.1:9/api/callbacks/")
+    op_id = request(hj, host, "hj-polled", "hj-plain", seal=False)
+    job = wait_jobs(hj.api, [op_id], timeout=120)[op_id]
+    assert job["status"] == "done", job["error"]
+    children = HostJob.objects.filter(parent_id=op_id)
+    assert children.count() == 2  # one disk: its copy, then update_volume type=SHARED
+    assert all(c.status == "done" and c.last_seen for c in children)
+    assert CallbackNonce.objects.filter(host=host).count() == 0, "nothing was pushed: all of it was polled"
+
+
+def test_a_worker_killed_during_seal_is_resumed_and_seals_once(hj, dbx, qcluster):
+    from hostjobs.models import HostJob
+    from templates.models import Template
+
+    op_id = request(hj, hj.host, "hj-killed", "hj-kill")
+    seal = wait_child(op_id, "seal")
+    time.sleep(2)
+    qcluster.stop(signal.SIGKILL)
+    assert host_state(hj.th, seal.pk)["status"] == "running", "the seal goes on without the app"
+    ensure_sweep_schedule()
+    qcluster.start()
+    job = wait_jobs(hj.api, [op_id], timeout=400)[op_id]
+    assert job["status"] == "done", job["error"]
+    t = Template.objects.get(name="hj-killed")
+    assert t.status == "ok"
+    assert t.sealed
+    seals = HostJob.objects.filter(parent_id=op_id, action="seal")
+    assert seals.count() == 1
+    assert seals[0].log.count("Examining the guest") == 1, "virt-sysprep ran once"
+
+
+def test_libvirtd_restarted_during_seal_does_not_matter(hj, dbx):
+    op_id = request(hj, hj.host, "hj-libvirtd", "hj-lv")
+    wait_child(op_id, "seal")
+    pidfile = hj.th.root / "libvirtd.pid"
+    old = int(pidfile.read_text())
+    hj.th.exec("kill", str(old))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and subprocess.run(["kill", "-0", str(old)], capture_output=True).returncode == 0:
+        time.sleep(0.1)
+    hj.th.exec("libvirtd", "-d", "-p", str(pidfile))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and hj.th.virsh("version", check=False).returncode:
+        time.sleep(0.2)
+    assert int(pidfile.read_text()) != old
+    job = wait_jobs(hj.api, [op_id], timeout=300)[op_id]
+    assert job["status"] == "done", job["error"]
+
+
+def test_link_down_past_the_deadline_fails_then_cleans_up_when_back(hj, dbx):
+    from django.utils import timezone
+
+    from hostjobs.models import HostJob
+    from templates.models import Template
+    from volumes.models import Volume
+
+    info = json.loads(subprocess.run([sys.executable, str(ROOT / "scripts" / "testhosts.py"), "info", hj.th.name],
+                                     capture_output=True, text=True, check=True).stdout)
+    op_id = request(hj, hj.host, "hj-linkdown", "hj-link")
+    seal = wait_child(op_id, "seal")
+    HostJob.objects.filter(pk=seal.pk).update(deadline=timezone.now() + timedelta(seconds=4))
+    subprocess.run(["ip", "link", "set", info["veth"], "down"], check=True)
+    try:
+        job = wait_jobs(hj.api, [op_id], timeout=180)[op_id]
+        assert job["status"] == "failed"
+        assert "deadline" in job["error"]
+        t = Template.objects.get(name="hj-linkdown")
+        assert (t.status, t.phase) == ("failed", "FAILED")
+        vols = Volume.objects.filter(disk__template=t)
+        vol_ids = [str(v.pk) for v in vols]
+        assert vol_ids
+        assert all(v.legality == "ILLEGAL" for v in vols), "what could not be deleted stays ILLEGAL"
+    finally:
+        subprocess.run(["ip", "link", "set", info["veth"], "up"], check=True)
+    ensure_sweep_schedule()
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and Template.objects.filter(name="hj-linkdown").exists():
+        time.sleep(1)
+    assert_nothing_left(hj, hj.host, "hj-linkdown")
+    assert not hj.th.running(str(seal.pk)), "the seal's runner is gone"
+    for vol_id in vol_ids:
+        assert not hj.th.running(vol_id), "nothing works on a deleted volume"
+
+
+def test_source_vm_started_during_copy_aborts_the_operation(hj, dbx):
+    from hostjobs.models import CallbackNonce
+
+    slow = hj.add_host("hj-slow", "/var/lib/vmseal/slow", copy_rate_limit=2 * 1024 * 1024)
+    from django.core.management import call_command
+
+    call_command("host_install", "hj-slow")  # its hooks report domain events for this host
+    before = CallbackNonce.objects.filter(host=slow).count()
+    op_id = request(hj, slow, "hj-vmstart", "hj-big")
+    wait_child(op_id, "copy")
+    time.sleep(1)
+    hj.th.virsh("start", "hj-big", check=False)  # may fail on the image lock: the hook fired anyway
+    try:
+        job = wait_jobs(hj.api, [op_id], timeout=120)[op_id]
+    finally:
+        hj.th.virsh("destroy", "hj-big", check=False)
+    assert job["status"] == "aborted"
+    assert "source VM 'hj-big' started" in job["error"]
+    copy = [c for c in job["children"] if c["action"] == "copy"][0]
+    assert copy["status"] == "aborted", "the copy was stopped on the host"
+    assert CallbackNonce.objects.filter(host=slow).count() > before
+    assert_nothing_left(hj, slow, "hj-vmstart")
+
+
+def test_cancel_during_seal_stops_virt_sysprep_and_rolls_back(hj, dbx):
+    op_id = request(hj, hj.host, "hj-cancelled", "hj-cancel")
+    seal = wait_child(op_id, "seal")
+    time.sleep(2)
+    r = hj.api.post(f"/api/jobs/{op_id}/cancel/")
+    assert r.status_code == 202
+    job = wait_jobs(hj.api, [op_id], timeout=120)[op_id]
+    assert job["status"] == "aborted"
+    assert "cancelled by hj" in job["error"]
+    assert [c["status"] for c in job["children"] if c["action"] == "seal"] == ["aborted"]
+    assert not hj.th.running(str(seal.pk)), "nothing of the seal still runs"
+    assert not hj.th.running("virt-sysprep --format qcow2 -a /var/lib/vmseal/hj/")
+    assert_nothing_left(hj, hj.host, "hj-cancelled")
