@@ -364,6 +364,30 @@ def cmd_job_clear(a):
     return {"id": a.id, "cleared": True}
 
 
+def cmd_guest(a):
+    """Run vmseal_guest.py (python3-guestfs) with the given environment; its output is the result."""
+    env = dict(os.environ)
+    for kv in a.env:
+        k, _, v = kv.partition("=")
+        env[k] = v
+    argv = a.argv[1:] if a.argv and a.argv[0] == "--" else a.argv
+    sys.stdout.flush()
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vmseal_guest.py")
+    proc = subprocess.run(["/usr/bin/python3", script, *argv], env=env, stdin=subprocess.DEVNULL,
+                          stderr=subprocess.STDOUT)
+    return {"_exit": proc.returncode, "_silent": True}
+
+
+def cmd_sysprep_operations(a):
+    out = subprocess.run(["virt-sysprep", "--list-operations"], capture_output=True, text=True, check=True).stdout
+    ops = {}
+    for line in out.splitlines():
+        parts = line.split(None, 2)
+        if parts:
+            ops[parts[0]] = len(parts) > 1 and parts[1] == "*"
+    return {"operations": ops}
+
+
 def cmd_host_info(a):
     """What host_check reports: versions, KVM, free space in the pool, the appliance cache."""
     def out(*argv):
@@ -417,6 +441,10 @@ def main(argv=None):
     r.add_argument("--writable", action="append", default=[])
     r.add_argument("--env", action="append", default=[])
     r.add_argument("argv", nargs=argparse.REMAINDER)
+    gs = sub.add_parser("guest")
+    gs.add_argument("--env", action="append", default=[])
+    gs.add_argument("argv", nargs=argparse.REMAINDER)
+    sub.add_parser("sysprep-operations")
     hi = sub.add_parser("host-info")
     hi.add_argument("--pool", required=True)
     for name in ("job-start", "job-exec", "job-abort", "job-clear", "job-status"):
@@ -428,7 +456,7 @@ def main(argv=None):
     handler = {"create-volume": cmd_create, "update-volume": cmd_update, "delete-volume": cmd_delete,
                "volume-info": cmd_info, "run": cmd_run, "job-start": cmd_job_start, "job-exec": cmd_job_exec,
                "job-status": cmd_job_status, "job-abort": cmd_job_abort, "job-clear": cmd_job_clear,
-               "host-info": cmd_host_info}[a.cmd]
+               "host-info": cmd_host_info, "guest": cmd_guest, "sysprep-operations": cmd_sysprep_operations}[a.cmd]
     try:
         result = handler(a)
     except (Refused, rules.RuleError) as e:
@@ -438,7 +466,8 @@ def main(argv=None):
         print(json.dumps({"error": "failed", "message": f"{type(e).__name__}: {e}"}))
         return 1
     code = result.pop("_exit", 0)
-    print(json.dumps(result))
+    if not result.pop("_silent", False):
+        print(json.dumps(result))
     return code
 
 

@@ -44,6 +44,9 @@ class HostSerializer(serializers.ModelSerializer):
 class HostViewSet(viewsets.ModelViewSet):
     queryset = Host.objects.all()
     serializer_class = HostSerializer
+    filterset_fields = ["name", "address"]
+    ordering_fields = ["name", "created"]
+    search_fields = ["name", "address"]
 
 
 class ChildJobSerializer(serializers.ModelSerializer):
@@ -76,6 +79,8 @@ class CanCancelJobs(permissions.BasePermission):
 
 class HostJobViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = HostJob.objects.prefetch_related("children")
+    filterset_fields = ["status", "kind", "action", "host", "parent"]
+    ordering_fields = ["created", "completed", "status"]
 
     def get_serializer_class(self):
         return HostJobDetailSerializer if self.action == "retrieve" else HostJobSerializer

@@ -20,7 +20,8 @@ from hostjobs.errors import HostCommandFailed, VolumeRefused
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = {"vmseal_host.py": ROOT / "hooks" / "vmseal_host.py", "vmseal_rules.py": ROOT / "volumes" / "rules.py",
-          "libvirt_hook.py": ROOT / "hooks" / "libvirt_hook.py"}
+          "libvirt_hook.py": ROOT / "hooks" / "libvirt_hook.py", "vmseal_guest.py": ROOT / "hooks" / "vmseal_guest.py",
+          "scrub_mac.sh": ROOT / "hooks" / "scrub_mac.sh"}
 REMOTE_LIB = "/var/lib/vmseal/lib"
 MISSING = 111  # exit status of the probe when the bundle is not on the host
 PYTHON = "/usr/bin/python3"  # Debian's python: the one python3-guestfs imports from
@@ -104,6 +105,11 @@ def install_hooks(host, callback_url: str) -> None:
         "true"
     )
     transport.run(host, ["sh", "-c", script], input=conf, timeout=60)
+
+
+def sysprep_operations(host) -> dict[str, bool]:
+    """``virt-sysprep --list-operations`` of the host: {name: enabled by default}."""
+    return helper(host, ["sysprep-operations"], timeout=60)["operations"]
 
 
 def host_info(host) -> dict:

@@ -51,6 +51,10 @@ class Host(models.Model):
         help_text="Where this host's job runner and libvirt hooks POST their notifications; "
         "blank: the VMSEAL_CALLBACK_URL setting. Without either, jobs complete by polling only.",
     )
+    sysprep_operations = models.JSONField(
+        default=dict, blank=True, editable=False,
+        help_text="virt-sysprep --list-operations of this host ({name: enabled by default}), read on first use.",
+    )
     # Signs the host's notifications (HMAC-SHA256). Never shown by the API or the admin.
     callback_secret = models.CharField(max_length=64, default=_new_secret, editable=False)
     created = models.DateTimeField(auto_now_add=True)
@@ -78,6 +82,8 @@ class JobAction(models.TextChoices):
     UPDATE_VOLUME = "update_volume", "Update volume"
     DELETE = "delete", "Delete volume"
     SEAL = "seal", "Seal"
+    INSPECT = "inspect", "Inspect guest"
+    AUDIT = "audit", "Audit seal"
 
 
 ACTION_KIND = {
@@ -86,6 +92,8 @@ ACTION_KIND = {
     JobAction.UPDATE_VOLUME: JobKind.STORAGE,
     JobAction.DELETE: JobKind.STORAGE,
     JobAction.SEAL: JobKind.VIRT,
+    JobAction.INSPECT: JobKind.VIRT,
+    JobAction.AUDIT: JobKind.VIRT,
 }
 
 

@@ -105,7 +105,10 @@ class SSHTarget:
 
     def materialize(self) -> SSHTarget:
         """Write known_hosts, config and wrapper if they differ from what they should be."""
-        ktype, blob = parse_host_key(self.host_key)
+        try:
+            ktype, blob = parse_host_key(self.host_key)
+        except ValueError as e:
+            raise HostKeyMismatch(f"host {self.address}: its pinned host key is not usable ({e})") from None
         name = self.address if self.port == 22 else f"[{self.address}]:{self.port}"
         # Control sockets must fit a unix socket path (108 bytes): keep them short, and keyed by the
         # pinned key so a re-pinned host never reuses a connection made under the old key.

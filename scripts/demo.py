@@ -16,7 +16,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+BRIDGE, CALLBACK_PORT = "10.211.0.1", 8001  # scripts/testhosts.py's bridge: the demo host reaches us there
 os.environ.setdefault("VMSEAL_DATA_DIR", str(ROOT / "var" / "demo"))
+os.environ.setdefault("VMSEAL_CALLBACK_URL", f"http://{BRIDGE}:{CALLBACK_PORT}/api/callbacks/")
+os.environ.setdefault("VMSEAL_ALLOWED_HOSTS", f"localhost,127.0.0.1,{BRIDGE}")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vmseal.settings")
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
@@ -63,6 +66,7 @@ def setup() -> dict:
         User.objects.create_superuser("admin", "admin@localhost", password)
         password_file.write_text(password + "\n")
         password_file.chmod(0o600)
+    call_command("host_install", "demo")  # job runner + libvirt hooks, callbacks to us
     token, _ = Token.objects.get_or_create(user=User.objects.get(username="admin"))
     return {"host": host, "password": password_file.read_text().strip() if password_file.exists() else "(unchanged)",
             "token": token.key}
@@ -91,6 +95,9 @@ vmseal demo
         subprocess.Popen([py, "manage.py", "qcluster"], cwd=ROOT, start_new_session=True),
         subprocess.Popen([py, "manage.py", "runserver", "--noreload", f"127.0.0.1:{args.port}"], cwd=ROOT,
                          start_new_session=True),
+        # where the demo host pushes job ends and libvirt events
+        subprocess.Popen([py, "manage.py", "runserver", "--noreload", f"{BRIDGE}:{CALLBACK_PORT}"], cwd=ROOT,
+                         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
     ]
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))

@@ -6,6 +6,8 @@ Shapes:
   one    one disk: / (with /var inside)
   two    two disks: / and /var (fstab mounts /var by UUID)
   blank  one empty ext4 disk: no operating system
+  windows one NTFS disk with a Windows directory layout
+  noinit one disk like "one" but without an init system (no /etc/systemd, /etc/init.d)
 
     scripts/guestdisk.py OUTDIR SHAPE [PREFIX]   # prints the qcow2 paths, one per line
 
@@ -77,8 +79,17 @@ def _write_files(root: Path, files: dict[str, str]) -> None:
         p.write_text(content)
 
 
-def _write_root(root: Path, files: dict[str, str]) -> None:
+def _write_root(root: Path, files: dict[str, str], init: bool = True) -> None:
     _write_files(root, files)
+    if init:  # systemd's layout: virt-customize installs first-boot services there
+        for d in ("etc/systemd/system/multi-user.target.wants", "usr/lib/systemd/system"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+    for tz in ("UTC", "Europe/Berlin", "Europe/Paris"):
+        src = Path("/usr/share/zoneinfo") / tz
+        if src.exists():
+            (root / "usr/share/zoneinfo" / tz).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, root / "usr/share/zoneinfo" / tz)
+    (root / "etc/localtime").symlink_to("/usr/share/zoneinfo/Europe/Paris")
     for d in ("usr/bin", "usr/sbin", "usr/lib", "tmp", "var/tmp", "proc", "sys", "dev", "run"):
         (root / d).mkdir(parents=True, exist_ok=True)
     for link, target in (("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib")):
@@ -112,7 +123,9 @@ def build(outdir: str | os.PathLike, shape: str = "two", prefix: str = "guest", 
             _mkfs(None, t / "blank.raw", 32, str(uuid.uuid4()), "blank")
             _to_qcow2(t / "blank.raw", out / f"{prefix}-blank.qcow2")
             return [out / f"{prefix}-blank.qcow2"]
-        if shape not in ("one", "two"):
+        if shape == "windows":
+            return [_windows(t, out / f"{prefix}-c.qcow2")]
+        if shape not in ("one", "two", "noinit"):
             raise ValueError(f"unknown shape {shape!r}")
         root_uuid, var_uuid = str(uuid.uuid4()), str(uuid.uuid4())
         fstab = f"UUID={root_uuid} / ext4 defaults 0 1\n"
@@ -126,7 +139,7 @@ def build(outdir: str | os.PathLike, shape: str = "two", prefix: str = "guest", 
             _write_files(vardir, {k[len("/var"):]: v for k, v in files.items() if k.startswith("/var/")})
             (vardir / "tmp").mkdir(exist_ok=True)
         else:
-            _write_root(rootdir, files)
+            _write_root(rootdir, files, init=shape != "noinit")
         if filler_mb:
             (rootdir / "srv").mkdir(exist_ok=True)
             with open(rootdir / "srv" / "filler.bin", "wb") as f:
@@ -140,6 +153,26 @@ def build(outdir: str | os.PathLike, shape: str = "two", prefix: str = "guest", 
             disks.append(out / f"{prefix}-var.qcow2")
             _to_qcow2(t / "var.raw", disks[1])
         return disks
+
+
+def _windows(t: Path, out: Path) -> Path:
+    """An NTFS filesystem with Windows' directory layout (made with mkntfs, filled through ntfs-3g)."""
+    raw, mnt = t / "c.raw", t / "mnt"
+    with open(raw, "wb") as f:
+        f.truncate(64 << 20)
+    subprocess.run(["mkntfs", "-F", "-Q", "-q", "-L", "Windows", str(raw)], check=True, capture_output=True)
+    mnt.mkdir()
+    subprocess.run(["ntfs-3g", str(raw), str(mnt)], check=True, capture_output=True)
+    try:
+        for d in ("Windows/System32/config", "Windows/System32/drivers", "Program Files", "Users/Administrator"):
+            (mnt / d).mkdir(parents=True, exist_ok=True)
+        for f in ("Windows/System32/config/SOFTWARE", "Windows/System32/config/SYSTEM", "Windows/explorer.exe",
+                  "Windows/System32/ntoskrnl.exe"):
+            (mnt / f).write_bytes(b"MZ" + b"\0" * 510)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True, capture_output=True)
+    _to_qcow2(raw, out)
+    return out
 
 
 def domain_xml(name: str, disks: list[str], memory_mib: int = 64) -> str:

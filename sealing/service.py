@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from django.db import IntegrityError, transaction
 from django_q.tasks import async_task
+from rest_framework import serializers
 
-from hostjobs import virt
+from hostjobs import hostops, virt
 from hostjobs.errors import DomainNotFound, HostError
 from hostjobs.models import HostJob, JobAction
 from templates.models import Phase, Template, TemplateStatus
@@ -37,11 +38,30 @@ def validate_source(host, vm_name: str) -> virt.DomainInfo:
     return info
 
 
+def check_seal_options(host, opts: dict) -> None:
+    """Operation names must be known to the host's own virt-sysprep (read once, kept on the Host)."""
+    if not (opts.get("operations_add") or opts.get("operations_remove")):
+        return
+    if not host.sysprep_operations:
+        try:
+            host.sysprep_operations = hostops.sysprep_operations(host)
+        except HostError as e:
+            raise Refused("host", f"host {host.name} cannot be used: {e}", e.code) from None
+        host.save(update_fields=["sysprep_operations"])
+    from sealing.options import check_operations
+
+    try:
+        check_operations(opts, host.sysprep_operations)
+    except serializers.ValidationError as e:
+        raise Refused("seal_options", e.detail, "invalid") from None
+
+
 def start(template: Template) -> HostJob:
     """Validate, create the Template row (phase CREATE_TEMPLATE) and its operation job, enqueue."""
     if Template.objects.filter(name=template.name).exists():
         raise Refused("name", f"a template named {template.name!r} already exists", "unique")
     validate_source(template.host, template.vm_name)
+    check_seal_options(template.host, template.seal_options or {})
     template.status, template.phase, template.sealed = TemplateStatus.LOCKED, Phase.CREATE_TEMPLATE, False
     try:
         with transaction.atomic():

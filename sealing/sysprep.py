@@ -22,24 +22,59 @@ DEFAULT_OPERATIONS = (
 )
 
 
+# Identity that virt-sysprep 1.48 leaves or re-creates: customize writes a fresh random seed, and
+# nothing removes LVM's devices file (copied templates then fail to boot on other disks).
+DELETE_AFTER_CUSTOMIZE = ("/var/lib/systemd/random-seed", "/var/lib/random-seed", "/etc/lvm/devices/system.devices")
+
+
+def operations(options: dict | None = None) -> list[str]:
+    options = options or {}
+    ops = [*DEFAULT_OPERATIONS, *options.get("operations_add", [])]
+    if options.get("remove_user_accounts") or options.get("keep_user_accounts"):
+        ops.append("user-account")
+    removed = set(options.get("operations_remove", []))
+    return sorted({op for op in ops if op not in removed})
+
+
 def build_command(
     disks: Sequence[tuple[str, str]],
+    options: dict | None = None,
     *,
-    hostname: str = "localhost",
-    operations: Sequence[str] = DEFAULT_OPERATIONS,
+    scrub_script: str | None = None,
     verbose: bool = False,
 ) -> list[str]:
-    """argv for one virt-sysprep run over ``disks`` = [(path, format), ...]."""
+    """argv for one virt-sysprep run over ``disks`` = [(path, format), ...] with validated ``options``
+    (sealing.options). ``scrub_script`` is a host path run by the ``script`` operation."""
     if not disks:
         raise ValueError("virt-sysprep needs at least one disk")
+    options = options or {}
+    ops = operations(options)
     argv = ["virt-sysprep"]
     if verbose:
         argv += ["-v", "-x"]
     for path, fmt in disks:
         argv += ["--format", fmt, "-a", path]
-    argv += ["--operations", ",".join(operations), "--hostname", hostname]
-    if "customize" in operations:
+    argv += ["--operations", ",".join(ops)]
+    if "customize" in ops:
+        argv += ["--hostname", options.get("hostname", "localhost")]
+        if options.get("timezone"):
+            argv += ["--timezone", options["timezone"]]
+        for k in options.get("ssh_keys", []):
+            argv += ["--ssh-inject", f"{k['user']}:string:{k['key']}"]
+        for cmd in options.get("firstboot_commands", []):
+            argv += ["--firstboot-command", cmd]
+        if options.get("root_password_hash"):
+            h = options["root_password_hash"].replace("\\", "").replace("$", "\\$")
+            argv += ["--edit", "/etc/shadow:s{^root:[^:]*:}{root:" + h + ":}"]
         argv += ["--truncate", "/etc/machine-id"]
+        for path in DELETE_AFTER_CUSTOMIZE:
+            argv += ["--delete", path]
+    if options.get("remove_user_accounts"):
+        argv += ["--remove-user-accounts", ",".join(options["remove_user_accounts"])]
+    if options.get("keep_user_accounts"):
+        argv += ["--keep-user-accounts", ",".join(options["keep_user_accounts"])]
+    if scrub_script and "script" in ops:
+        argv += ["--script", scrub_script]
     return argv
 
 

@@ -1,10 +1,15 @@
+import hashlib
+import json
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.exceptions import APIException
 from rest_framework.response import Response
 
 from hostjobs.api import HostJobSerializer
 from hostjobs.models import Host
-from sealing import service
+from sealing import options, service
+from templates import idempotency
 from templates.models import Template, TemplateDisk
 from volumes.api import VolumeSerializer
 
@@ -17,16 +22,36 @@ class TemplateDiskSerializer(serializers.ModelSerializer):
         fields = ["index", "target", "source_path", "source_format", "volume"]
 
 
+class SealOptionsField(serializers.JSONField):
+    """Validated by sealing.options; shown without the root password's hash."""
+
+    def to_internal_value(self, data):
+        ser = options.SealOptionsSerializer(data=data)
+        if not isinstance(data, dict):
+            raise serializers.ValidationError("an object of seal options")
+        ser.is_valid(raise_exception=True)
+        return ser.to_stored()
+
+    def to_representation(self, value):
+        return options.public(value or {})
+
+
 class TemplateSerializer(serializers.ModelSerializer):
     host = serializers.PrimaryKeyRelatedField(queryset=Host.objects.all())
     vm = serializers.CharField(source="vm_name", max_length=255)
+    seal_options = SealOptionsField(required=False)
     disks = TemplateDiskSerializer(many=True, read_only=True)
 
     class Meta:
         model = Template
-        fields = ["id", "name", "description", "host", "vm", "seal", "status", "phase", "sealed", "error", "job",
-                  "disks", "created", "updated"]
-        read_only_fields = ["status", "phase", "sealed", "error", "job", "created", "updated"]
+        fields = ["id", "name", "description", "host", "vm", "seal", "seal_options", "status", "phase", "sealed",
+                  "guest_os", "audit", "error", "job", "disks", "created", "updated"]
+        read_only_fields = ["status", "phase", "sealed", "guest_os", "audit", "error", "job", "created", "updated"]
+
+    def validate(self, data):
+        if data.get("seal_options") and not data.get("seal"):
+            raise serializers.ValidationError({"seal_options": ["seal options need \"seal\": true"]})
+        return data
 
     def validate_name(self, value):
         if not value.strip() or any(ord(c) < 32 for c in value):
@@ -42,20 +67,46 @@ class TemplateSerializer(serializers.ModelSerializer):
 class Refused(APIException):
     def __init__(self, refused: service.Refused):
         self.status_code = refused.status
-        super().__init__({refused.field: [refused.message]}, refused.code)
+        detail = refused.message if isinstance(refused.message, dict) else [refused.message]
+        super().__init__({refused.field: detail}, refused.code)
 
 
 class TemplateViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
                       viewsets.GenericViewSet):
     queryset = Template.objects.select_related("host").prefetch_related("disks__volume")
     serializer_class = TemplateSerializer
+    filterset_fields = {"status": ["exact"], "sealed": ["exact"], "host": ["exact"], "name": ["exact", "icontains"]}
+    ordering_fields = ["created", "name", "status"]
+    ordering = ["-created"]
+    search_fields = ["name", "description", "vm_name"]
 
+    @extend_schema(request=TemplateSerializer, responses={202: HostJobSerializer},
+                   parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
+                                                description="a retried request with the same key returns the same "
+                                                            "job and never makes a second template")])
     def create(self, request, *args, **kwargs):
+        key = request.headers.get("Idempotency-Key", "")
+        if len(key) > 128:
+            raise serializers.ValidationError({"Idempotency-Key": ["at most 128 characters"]})
         ser = self.get_serializer(data=request.data)
         ser.is_valid(raise_exception=True)
+        claim = None
+        if key:
+            digest = hashlib.sha256(json.dumps(request.data, sort_keys=True, default=str).encode()).hexdigest()
+            claim, replay = idempotency.claim(request.user, key, digest)
+            if replay is not None:
+                return self._accepted(replay)
         try:
             op = service.start(Template(**ser.validated_data))
         except service.Refused as e:
+            idempotency.release(claim)
             raise Refused(e) from None
+        except Exception:
+            idempotency.release(claim)
+            raise
+        idempotency.complete(claim, op)
+        return self._accepted(op)
+
+    def _accepted(self, op):
         return Response(HostJobSerializer(op).data, status=status.HTTP_202_ACCEPTED,
                         headers={"Location": f"/api/jobs/{op.pk}/"})

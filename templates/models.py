@@ -18,6 +18,7 @@ class Phase(models.TextChoices):
     COPY_DISKS = "COPY_DISKS"
     ASSIGN_ILLEGAL = "ASSIGN_ILLEGAL"
     SEAL = "SEAL"
+    AUDIT = "AUDIT"
     ASSIGN_LEGAL_SHARED = "ASSIGN_LEGAL_SHARED"
     DONE = "DONE"
     ROLLBACK = "ROLLBACK"
@@ -32,6 +33,11 @@ class Template(models.Model):
     vm_uuid = models.CharField(max_length=36, blank=True, default="")
     seal = models.BooleanField("Seal template", default=False,
                                help_text="Erase machine identity with virt-sysprep (Linux guests only).")
+    # Validated by sealing.options; the root password only as its hash.
+    seal_options = models.JSONField(default=dict, blank=True)
+    # The post-seal audit: {"passed": bool, "items": [{"item", "ok", "detail"}]}, empty until it ran.
+    audit = models.JSONField(default=dict, blank=True)
+    guest_os = models.CharField(max_length=255, blank=True, default="", help_text="what inspection found")
     status = models.CharField(max_length=16, choices=TemplateStatus.choices, default=TemplateStatus.LOCKED)
     phase = models.CharField(max_length=32, choices=Phase.choices, default=Phase.CREATE_TEMPLATE)
     sealed = models.BooleanField(default=False)
@@ -66,3 +72,19 @@ class TemplateDisk(models.Model):
 
     def __str__(self):
         return f"{self.template} disk {self.index} ({self.target})"
+
+
+class IdempotencyKey(models.Model):
+    """A client's Idempotency-Key for POST /api/templates/: the same key (and body) returns the same job."""
+
+    user = models.ForeignKey("auth.User", on_delete=models.CASCADE)
+    key = models.CharField(max_length=128)
+    request_hash = models.CharField(max_length=64)
+    job = models.ForeignKey(HostJob, null=True, blank=True, on_delete=models.CASCADE)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="uniq_idempotency_key")]
+
+    def __str__(self):
+        return f"{self.user_id}:{self.key}"

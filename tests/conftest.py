@@ -6,13 +6,21 @@ from django.conf import settings
 pytest_plugins = ["tests.fixtures.hostjobs", "tests.fixtures.sealing"]
 
 
-def pytest_sessionstart(session):
-    # The test database is a file in WAL mode (the qcluster shares it). Django removes the old file
-    # before creating it again but not its -wal/-shm companions, which would bring old rows back.
+def _remove_sqlite_test_db():
+    # The test database is a file in WAL mode (the qcluster shares it), named per session. Django
+    # removes the main file but not its -wal/-shm companions, which would bring old rows back.
     name = settings.DATABASES["default"].get("TEST", {}).get("NAME")
     if name and settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(name + suffix).unlink(missing_ok=True)
+
+
+def pytest_sessionstart(session):
+    _remove_sqlite_test_db()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _remove_sqlite_test_db()
 
 
 @pytest.fixture(scope="session")

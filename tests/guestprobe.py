@@ -3,7 +3,8 @@
 
 stdin: {"disks": ["/path/a.qcow2", ...], "files": ["/etc/hostname", ...], "dirs": ["/etc/ssh", ...]}
 Each disk's filesystem is mounted on its own (no inspection), so a /var disk's files are read as
-"/log/syslog". stdout: {disk: {"files": {path: {"size": n, "head": text} | null}, "dirs": {path: [names] | null}}}
+"/log/syslog". stdout: {disk: {"files": {path: {"size": n, "head": text} | {"link": target} | null},
+"dirs": {path: [names] | null}}}
 Runs with Debian's /usr/bin/python3 (python3-guestfs), on the host, as root.
 """
 import json
@@ -21,7 +22,9 @@ for disk, dev in zip(req["disks"], g.list_devices(), strict=False):
     g.mount_ro(dev, "/")
     files, dirs = {}, {}
     for f in req.get("files", []):
-        if g.is_file(f):
+        if g.is_symlink(f):
+            files[f] = {"link": g.readlink(f)}
+        elif g.is_file(f):
             data = g.pread(f, 4096, 0) if g.filesize(f) else b""
             files[f] = {"size": g.filesize(f), "head": data.decode("utf-8", "replace")}
         else:

@@ -60,3 +60,51 @@ def test_vmseal_pubkey_prints_the_app_key(capsys):
     out = capsys.readouterr().out.strip()
     assert out.startswith("ssh-ed25519 ")
     assert out.endswith(" vmseal")
+
+
+@pytest.mark.django_db
+def test_invalid_seal_options_are_refused_with_the_field_before_any_host_contact(admin_client):
+    from hostjobs.models import Host
+    from templates.models import Template
+
+    # an address nobody answers on: a refusal that needed the host would fail differently
+    h = Host.objects.create(name="h", address="10.211.0.254", host_key="ssh-ed25519 AAAA")
+    for options, field in (({"hostname": "a b"}, "hostname"), ({"timezone": "Nowhere/Land"}, "timezone"),
+                           ({"root_password": "x"}, "root_password"), ({"hostnme": "web"}, "hostnme")):
+        r = admin_client.post("/api/templates/", {"name": "t", "host": h.pk, "vm": "v", "seal": True,
+                                                  "seal_options": options}, content_type="application/json")
+        assert r.status_code == 400, r.content
+        assert field in r.json()["seal_options"]
+    r = admin_client.post("/api/templates/", {"name": "t", "host": h.pk, "vm": "v", "seal": False,
+                                              "seal_options": {"hostname": "web"}}, content_type="application/json")
+    assert r.status_code == 400
+    assert "seal" in r.json()["seal_options"][0]
+    assert Template.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_a_host_with_an_unusable_pinned_key_is_a_clear_refusal(admin_client):
+    from hostjobs.models import Host
+
+    h = Host.objects.create(name="h", address="10.211.0.254", host_key="ssh-ed25519 AAAA")
+    r = admin_client.post("/api/templates/", {"name": "t", "host": h.pk, "vm": "v"}, content_type="application/json")
+    assert r.status_code == 400
+    assert "pinned host key is not usable" in r.json()["host"][0]
+
+
+@pytest.mark.django_db
+def test_new_template_form_shows_seal_option_errors(admin_client):
+    from hostjobs.models import Host
+    from templates.models import Template
+
+    h = Host.objects.create(name="h", address="10.211.0.254", host_key="ssh-ed25519 AAAA")
+    page = admin_client.get("/admin/templates/template/add/").content.decode()
+    for field in ("hostname", "timezone", "root_password", "ssh_key", "firstboot_commands", "operations_add"):
+        assert f'name="{field}"' in page
+    r = admin_client.post("/admin/templates/template/add/", {"host": h.pk, "vm_name": "v", "name": "t", "seal": "on",
+                                                              "timezone": "Nowhere/Land", "root_password": "x"})
+    assert r.status_code == 200
+    body = r.content.decode()
+    assert "unknown time zone" in body
+    assert "at least 8 characters" in body
+    assert Template.objects.count() == 0

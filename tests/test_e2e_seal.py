@@ -17,7 +17,14 @@ from tests.fixtures.sealing import probe, wait_jobs
 
 pytestmark = pytest.mark.e2e
 
+PASSWORD = "Sup3r-secret-pw!"
+INJECTED = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHYxXA9dCvPrHMuXWbnnUMW7yDpDlHgZ1aqYjakW6cwK ops@example"
+CUSTOM = {"hostname": "web-01", "timezone": "Europe/Berlin", "root_password": PASSWORD,
+          "ssh_keys": [{"user": "alice", "key": INJECTED}], "firstboot_commands": ["touch /root/first-boot-ran"]}
 ROOT_FILES = [
+    "/etc/NetworkManager/system-connections/eth0.nmconnection", "/etc/network/interfaces",
+    "/etc/lvm/devices/system.devices", "/var/lib/systemd/random-seed", "/etc/shadow",
+    "/home/alice/.ssh/authorized_keys", "/etc/timezone", "/etc/localtime",
     "/etc/machine-id", "/etc/hostname", "/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ed25519_key.pub",
     "/etc/ssh/ssh_host_rsa_key", "/etc/udev/rules.d/70-persistent-net.rules", "/root/.bash_history",
     "/home/alice/.bash_history", "/root/notes.txt", "/etc/os-release",
@@ -40,11 +47,13 @@ def run(test_host, qcluster, django_db_blocker):
 
     from hostjobs import transport
     from hostjobs.models import Host
+    from templates.models import Template
 
     with django_db_blocker.unblock():
         user = User.objects.create_superuser("e2e", "e2e@example.test", "e2e-pass-1")
         api = APIClient()
-        api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+        token = Token.objects.create(user=user).key
+        api.credentials(HTTP_AUTHORIZATION=f"Token {token}")
         r = api.post("/api/hosts/", {"name": "e2e1", "address": test_host.address, "ssh_user": "root",
                                      "host_key": test_host.host_key, "guestfs_backend_settings": "force_tcg"},
                      format="json")
@@ -54,7 +63,8 @@ def run(test_host, qcluster, django_db_blocker):
 
         call_command("host_install", "e2e1")  # the libvirt hooks and the job runner
         sources = {"gold1": test_host.define_vm("gold1", "one"), "gold2": test_host.define_vm("gold2", "two"),
-                   "blank1": test_host.define_vm("blank1", "blank")}
+                   "blank1": test_host.define_vm("blank1", "blank"), "win1": test_host.define_vm("win1", "windows"),
+                   "gold0": test_host.define_vm("gold0", "noinit")}
         all_sources = [p for paths in sources.values() for p in paths]
         before = test_host.sha256(all_sources)
         requests = {
@@ -62,6 +72,13 @@ def run(test_host, qcluster, django_db_blocker):
             "two": {"name": "tpl-two", "vm": "gold2", "seal": True},
             "plain": {"name": "tpl-plain", "vm": "gold2", "seal": False},
             "blank": {"name": "tpl-blank", "vm": "blank1", "seal": True},
+            "win": {"name": "tpl-win", "vm": "win1", "seal": True},
+            "keys": {"name": "tpl-keys", "vm": "gold1", "seal": True,
+                     "seal_options": {"operations_remove": ["ssh-hostkeys"]}},
+            "custom": {"name": "tpl-custom", "vm": "gold1", "seal": True, "seal_options": CUSTOM},
+            # inspection passes, then virt-sysprep itself fails: the guest has no user "ghost"
+            "sealfail": {"name": "tpl-sealfail", "vm": "gold0", "seal": True,
+                         "seal_options": {"ssh_keys": [{"user": "ghost", "key": INJECTED}]}},
         }
         started = time.monotonic()
         posted = {k: api.post("/api/templates/", {**body, "description": f"e2e {k}", "host": host_id},
@@ -86,8 +103,12 @@ def run(test_host, qcluster, django_db_blocker):
         def vol_paths(key):
             return [d["volume"]["path"] for d in templates[key].json()["disks"]]
 
-        sealed = probe(test_host, vol_paths("one") + vol_paths("two"), ROOT_FILES + VAR_FILES,
-                       ["/etc/ssh", "/log", "/var/log"])
+        sealed = probe(test_host, vol_paths("one") + vol_paths("two") + vol_paths("custom"), ROOT_FILES + VAR_FILES,
+                       ["/etc/ssh", "/log", "/var/log", "/usr/lib/virt-sysprep/scripts"])
+        from hostjobs.models import HostJob
+
+        every_job_text = [json.dumps([j.log, j.error, j.description, j.result]) for j in HostJob.objects.all()]
+        every_template = [json.dumps(list(Template.objects.values()), default=str)]
         plain_compare = [
             test_host.exec("qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", src, dst, check=False).returncode
             for src, dst in zip(sources["gold2"], vol_paths("plain"), strict=True)
@@ -96,7 +117,10 @@ def run(test_host, qcluster, django_db_blocker):
             yield {
                 "api": api, "host_id": host_id, "jobs": jobs, "templates": templates, "volumes": volumes,
                 "pool": pool, "metas": metas, "before": before, "after": after, "sealed": sealed,
-                "posted": posted, "paths": {k: vol_paths(k) for k in ("one", "two")},
+                "posted": posted, "paths": {k: vol_paths(k) for k in ("one", "two", "custom")},
+                "job_texts": every_job_text, "token": token, "template_rows": every_template,
+                "api_texts": [api.get(f"/api/jobs/{j['id']}/").content.decode() for j in jobs.values()]
+                + [t.content.decode() for t in templates.values()],
                 "plain_compare": plain_compare, "wall": wall, "post_seconds": post_seconds, "pushed": pushed,
             }
         finally:
@@ -114,7 +138,7 @@ def test_requests_are_accepted_fast_with_a_job_location(run):
 
 
 def test_sealed_templates_end_ok_and_their_jobs_done(run):
-    for key in ("one", "two", "plain"):
+    for key in ("one", "two", "plain", "custom"):
         job, tpl = run["jobs"][key], run["templates"][key].json()
         assert job["status"] == "done", (key, job["error"])
         assert job["progress"] == 100
@@ -137,10 +161,12 @@ def test_job_tree_has_storage_jobs_per_volume_and_one_virt_job(run):
     for c in children:
         by_action.setdefault(c["action"], []).append(c)
         assert c["status"] == "done", c
-        assert c["kind"] == ("virt" if c["action"] == "seal" else "storage")
+        assert c["kind"] == ("virt" if c["action"] in ("inspect", "seal", "audit") else "storage")
     assert len(by_action["copy"]) == 2
     assert len(by_action["seal"]) == 1  # one virt-sysprep run over all disks
     assert len(by_action["update_volume"]) == 4  # ILLEGAL x2, then LEGAL+SHARED x2
+    assert len(by_action["inspect"]) == 1  # before anything was copied
+    assert len(by_action["audit"]) == 1  # after the seal, before LEGAL+SHARED
     seal_log = run["api"].get(f"/api/jobs/{by_action['seal'][0]['id']}/").json()["log"]
     assert "virt-sysprep" in seal_log
     assert seal_log.count(" -a ") == 2
@@ -198,30 +224,120 @@ def test_identity_is_gone_from_both_disks_of_the_two_disk_template(run):
 
 def test_source_vm_disks_are_unchanged(run):
     assert run["before"] == run["after"]
-    assert len(run["before"]) == 4
+    assert len(run["before"]) == 6
 
 
 def test_seal_false_keeps_guest_content_identical(run):
     assert run["plain_compare"] == [0, 0], "qemu-img compare: template disks identical to the source"
 
 
-def test_a_disk_without_an_os_fails_in_seal_and_leaves_nothing(run):
-    job = run["jobs"]["blank"]
+def test_read_endpoints_conform_to_the_schema(run, callback_server):
+    """schemathesis over every GET endpoint of a real server process, with the rows this run made."""
+    import schemathesis
+
+    base = callback_server.rsplit("/api/", 1)[0]
+    schema = schemathesis.from_uri(f"{base}/api/schema/?format=json",
+                                   headers={"Authorization": f"Token {run['token']}"})
+    tpl = run["templates"]["two"].json()
+    ids = {"/api/templates/{id}/": tpl["id"], "/api/hosts/{id}/": run["host_id"], "/api/jobs/{id}/": tpl["job"],
+           "/api/volumes/{id}/": tpl["disks"][0]["volume"]["id"]}
+    checked = []
+    for result in schema.get_all_operations():
+        op = result.ok()
+        if op.method.upper() != "GET":
+            continue
+        case = op.make_case(path_parameters={"id": ids[op.path]} if "{id}" in op.path else {}, query={})
+        response = case.call(base_url=base, headers={"Authorization": f"Token {run['token']}"})
+        assert response.status_code == 200, (op.path, response.text[:500])
+        case.validate_response(response)
+        checked.append(op.path)
+    assert len(checked) == 8, checked
+
+
+def test_a_disk_without_an_os_is_refused_before_anything_is_copied(run):
+    for key, why in (("blank", "no operating system was recognised"), ("win", "no operating system was recognised")):
+        job = run["jobs"][key]
+        assert job["status"] == "failed", key
+        assert job["error"].startswith("CREATE_TEMPLATE failed: "), job["error"]
+        assert why in job["error"]
+        assert "only Linux guests can be sealed" in job["error"]
+        assert [c["action"] for c in job["children"]] == ["inspect"], "no volume was created"
+        assert run["templates"][key].status_code == 404
+
+
+def test_a_virt_sysprep_failure_fails_in_seal_and_leaves_nothing(run):
+    job = run["jobs"]["sealfail"]
     assert job["status"] == "failed"
-    assert job["error"].startswith("SEAL failed: virt-sysprep exited 1")
-    assert "no operating systems were found" in job["error"]
+    assert job["error"].startswith("SEAL failed: virt-sysprep exited 1"), job["error"]
+    assert "virt-sysprep: error:" in job["error"], "virt-sysprep's own message is kept"
     seal_job = next(c for c in job["children"] if c["action"] == "seal")
     assert seal_job["status"] == "failed"
     deletes = [c for c in job["children"] if c["action"] == "delete"]
     assert deletes
     assert all(c["status"] == "done" for c in deletes)
-    assert run["templates"]["blank"].status_code == 404, "the failed template is removed"
-    # The host's pool holds exactly the volumes of the surviving templates, and so does the DB.
-    kept = {p.rsplit("/", 1)[1] for k in ("one", "two", "plain")
+    assert run["templates"]["sealfail"].status_code == 404, "the failed template is removed"
+
+
+def test_the_pool_holds_exactly_the_volumes_of_surviving_templates(run):
+    kept = {p.rsplit("/", 1)[1] for k in ("one", "two", "plain", "custom")
             for p in [d["volume"]["path"] for d in run["templates"][k].json()["disks"]]}
     assert {n for n in run["pool"] if n.endswith(".qcow2")} == kept
     assert {n for n in run["pool"] if n.endswith(".meta")} == {n.replace(".qcow2", ".meta") for n in kept}
-    assert {v["path"].rsplit("/", 1)[1] for v in run["volumes"]} == kept
+    assert {v["path"].rsplit("/", 1)[1] for v in run["volumes"] if "/templates/" in v["path"]} == kept
+
+
+def test_default_seal_passes_the_audit_and_the_report_is_in_the_api(run):
+    for key in ("one", "two", "custom"):
+        audit = run["templates"][key].json()["audit"]
+        assert audit["passed"] is True, audit
+        names = {i["item"] for i in audit["items"]}
+        assert {"ssh host keys", "persistent net rules", "MAC pinning in network configs", "hostname",
+                "DHCP leases", "log files empty", "shell histories", "random seed",
+                "LVM system.devices"} <= names
+        assert all(i["ok"] for i in audit["items"])
+    assert "debian" in run["templates"]["one"].json()["guest_os"]
+
+
+def test_every_audited_item_is_gone_when_read_independently(run):
+    disk = run["sealed"][run["paths"]["one"][0]]["files"]
+    assert "mac-address" not in disk["/etc/NetworkManager/system-connections/eth0.nmconnection"]["head"]
+    assert "[connection]" in disk["/etc/NetworkManager/system-connections/eth0.nmconnection"]["head"], "kept"
+    assert "hwaddress" not in disk["/etc/network/interfaces"]["head"]
+    assert "iface eth0 inet dhcp" in disk["/etc/network/interfaces"]["head"]
+    assert disk["/etc/lvm/devices/system.devices"] is None
+    assert disk["/var/lib/systemd/random-seed"] is None
+    assert disk["/var/lib/dbus/machine-id"] is None or disk["/var/lib/dbus/machine-id"]["size"] == 0
+
+
+def test_an_operations_list_that_keeps_ssh_keys_fails_the_audit(run):
+    job = run["jobs"]["keys"]
+    assert job["status"] == "failed"
+    assert job["error"].startswith("AUDIT failed: audit found identity left: ssh host keys"), job["error"]
+    assert "/etc/ssh/ssh_host_ed25519_key" in job["error"]
+    assert run["templates"]["keys"].status_code == 404
+    updates = [c for c in job["children"] if c["action"] == "update_volume"]
+    assert len(updates) == 1, "only ILLEGAL was ever assigned: nothing became LEGAL"
+
+
+def test_customisation_options_show_in_the_sealed_disk(run):
+    disk = run["sealed"][run["paths"]["custom"][0]]
+    f = disk["files"]
+    assert f["/etc/hostname"]["head"].strip() == "web-01"
+    assert f["/etc/localtime"]["link"].endswith("/zoneinfo/Europe/Berlin")
+    assert INJECTED in f["/home/alice/.ssh/authorized_keys"]["head"]
+    shadow_root = f["/etc/shadow"]["head"].splitlines()[0]
+    assert shadow_root.startswith("root:$6$"), "the root password is set, as a SHA-512 crypt hash"
+    scripts = disk["dirs"]["/usr/lib/virt-sysprep/scripts"]
+    assert scripts, "a first-boot script is installed"
+    assert run["templates"]["custom"].json()["seal_options"]["root_password"] == "(set)"
+
+
+def test_the_root_password_is_never_stored_logged_or_echoed(run):
+    for text in run["job_texts"] + run["template_rows"] + run["api_texts"]:
+        assert PASSWORD not in text
+    hash_ = run["sealed"][run["paths"]["custom"][0]]["files"]["/etc/shadow"]["head"].splitlines()[0].split(":")[1]
+    for text in run["api_texts"] + run["job_texts"]:
+        assert hash_ not in text, "not even its hash is shown"
 
 
 # -- refusals: nothing may change --------------------------------------------------------------------------
@@ -315,3 +431,26 @@ def test_admin_new_template_form_has_seal_checkbox_and_shows_refusals(client, ad
     assert r.status_code == 200, "the form is shown again with its error"
     assert "only a shut-off VM can become a template" in r.content.decode()
     assert not Template.objects.filter(name="admin-tpl").exists()
+
+
+@pytest.mark.django_db
+def test_idempotency_key_returns_the_same_job_and_never_a_second_template(api, host_row, test_host):
+    from templates.models import Template
+
+    test_host.define_vm("idem", "one")
+    body = {"name": "idem-tpl", "host": host_row.pk, "vm": "idem", "seal": False}
+    first = api.post("/api/templates/", body, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    assert first.status_code == 202
+    again = api.post("/api/templates/", body, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    assert again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert again["Location"] == first["Location"]
+    assert Template.objects.filter(name="idem-tpl").count() == 1
+    other = api.post("/api/templates/", {**body, "name": "idem-other"}, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    assert other.status_code == 422
+    assert not Template.objects.filter(name="idem-other").exists()
+    refused = api.post("/api/templates/", {**body, "vm": "no-such"}, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
+    assert refused.status_code == 400
+    fixed = api.post("/api/templates/", {**body, "name": "idem-2"}, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
+    assert fixed.status_code == 202, "a refused request frees its key"
+    test_host.virsh("undefine", "idem", check=False)

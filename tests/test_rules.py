@@ -55,9 +55,12 @@ def test_sysprep_command_passes_every_disk_with_format_and_pinned_operations():
     assert argv[:9] == ["virt-sysprep", "--format", "qcow2", "-a", "/p/a.qcow2", "--format", "qcow2", "-a",
                         "/p/b.qcow2"]
     ops = argv[argv.index("--operations") + 1].split(",")
-    assert ops == list(sysprep.DEFAULT_OPERATIONS)
+    assert ops == sorted(sysprep.DEFAULT_OPERATIONS)
     assert argv[argv.index("--hostname") + 1] == "localhost"
-    assert argv[-2:] == ["--truncate", "/etc/machine-id"]
+    assert argv[argv.index("--truncate") + 1] == "/etc/machine-id"
+    deleted = [argv[i + 1] for i, a in enumerate(argv) if a == "--delete"]
+    assert deleted == list(sysprep.DELETE_AFTER_CUSTOMIZE)
+    assert "--script" not in argv
     with pytest.raises(ValueError, match="at least one disk"):
         sysprep.build_command([])
 
@@ -85,7 +88,7 @@ def test_phases_with_and_without_seal():
             p = next_phase(p, seal)
         return seen
 
-    assert walk(True) == ["CREATE_TEMPLATE", "COPY_DISKS", "ASSIGN_ILLEGAL", "SEAL", "ASSIGN_LEGAL_SHARED"]
+    assert walk(True) == ["CREATE_TEMPLATE", "COPY_DISKS", "ASSIGN_ILLEGAL", "SEAL", "AUDIT", "ASSIGN_LEGAL_SHARED"]
     assert walk(False) == ["CREATE_TEMPLATE", "COPY_DISKS", "ASSIGN_LEGAL_SHARED"]
 
 
@@ -139,3 +142,109 @@ def test_job_transitions_are_guarded():
     aborted.request_abort()
     assert aborted.status == "aborted"
     assert aborted.kind == "storage"
+
+
+def test_seal_options_become_single_argv_elements():
+    opts = {"hostname": "web-01", "timezone": "Europe/Berlin",
+            "ssh_keys": [{"user": "alice", "key": "ssh-ed25519 K c"}],
+            "firstboot_commands": ["echo 'a b' ; rm -rf / $(x)"], "root_password_hash": "$6$salt$hash/x.",
+            "operations_add": ["user-account"], "operations_remove": ["logfiles"], "remove_user_accounts": ["bob"]}
+    argv = sysprep.build_command([("/p/a.qcow2", "qcow2")], opts, scrub_script="/lib/scrub_mac.sh")
+    ops = argv[argv.index("--operations") + 1].split(",")
+    assert "logfiles" not in ops
+    assert "user-account" in ops
+    assert argv[argv.index("--hostname") + 1] == "web-01"
+    assert argv[argv.index("--timezone") + 1] == "Europe/Berlin"
+    assert argv[argv.index("--ssh-inject") + 1] == "alice:string:ssh-ed25519 K c"
+    assert argv[argv.index("--firstboot-command") + 1] == "echo 'a b' ; rm -rf / $(x)", "passed as is, one element"
+    assert argv[argv.index("--edit") + 1] == "/etc/shadow:s{^root:[^:]*:}{root:\\$6\\$salt\\$hash/x.:}"
+    assert argv[argv.index("--remove-user-accounts") + 1] == "bob"
+    assert argv[argv.index("--script") + 1] == "/lib/scrub_mac.sh"
+
+
+def test_without_customize_no_customize_options_are_passed():
+    argv = sysprep.build_command([("/p/a.qcow2", "qcow2")], {"operations_remove": ["customize"]})
+    assert "--hostname" not in argv
+    assert "--truncate" not in argv
+
+
+def _opts(data):
+    from sealing.options import SealOptionsSerializer
+
+    ser = SealOptionsSerializer(data=data)
+    return ser, ser.is_valid()
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"hostname": "bad host;rm"}, "hostname"),
+        ({"hostname": "-x"}, "hostname"),
+        ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"timezone": "../../etc/passwd"}, "timezone"),
+        ({"root_password": "short"}, "root_password"),
+        ({"root_password": "line\nbreak-long"}, "root_password"),
+        ({"ssh_keys": [{"user": "Root;", "key": "ssh-ed25519 AAAA"}]}, "ssh_keys"),
+        ({"ssh_keys": [{"user": "alice", "key": "not a key"}]}, "ssh_keys"),
+        ({"firstboot_commands": ["a\nb"]}, "firstboot_commands"),
+        ({"operations_add": ["$(reboot)"]}, "operations_add"),
+        ({"operations_add": ["logfiles"], "operations_remove": ["logfiles"]}, "operations_remove"),
+        ({"remove_user_accounts": ["a"], "keep_user_accounts": ["b"]}, "keep_user_accounts"),
+        ({"operations_remove": ["customize"], "hostname": "x"}, "operations_remove"),
+        ({"remove_user_accounts": ["../x"]}, "remove_user_accounts"),
+    ],
+)
+def test_invalid_seal_options_name_the_field(data, field):
+    ser, ok = _opts(data)
+    assert not ok
+    assert field in ser.errors
+
+
+def test_the_root_password_is_stored_only_as_a_hash():
+    ser, ok = _opts({"root_password": "Sup3r-secret-pw!", "hostname": "Web-01"})
+    assert ok, ser.errors
+    stored = ser.to_stored()
+    assert "root_password" not in stored
+    assert stored["root_password_hash"].startswith("$6$")
+    assert "Sup3r-secret-pw!" not in str(stored)
+    assert stored["hostname"] == "web-01"
+    from sealing.options import public
+
+    assert public(stored) == {"hostname": "web-01", "root_password": "(set)"}
+
+
+def test_operation_names_are_checked_against_the_hosts_list():
+    from rest_framework.exceptions import ValidationError
+
+    from sealing.options import check_operations
+
+    check_operations({"operations_add": ["user-account"]}, {"user-account": False, "logfiles": True})
+    with pytest.raises(ValidationError, match="no operation 'nope'"):
+        check_operations({"operations_remove": ["nope"]}, {"logfiles": True})
+
+
+@pytest.mark.parametrize(
+    ("found", "message"),
+    [
+        ({"roots": [], "encrypted": []}, "no operating system was recognised"),
+        ({"roots": [], "encrypted": ["/dev/sda2"]}, "encrypted disk(s) /dev/sda2"),
+        ({"roots": [{"type": "windows", "product": "Windows Server 2019", "distro": "windows", "major": 10,
+                     "arch": "x86_64"}], "encrypted": []}, "the guest is windows (Windows Server 2019)"),
+        ({"roots": [{"type": "linux", "product": "a"}, {"type": "linux", "product": "b"}], "encrypted": []},
+         "2 operating systems"),
+    ],
+)
+def test_linux_guard_refusals(found, message):
+    from sealing.flow import GuestRefused, linux_guard
+
+    with pytest.raises(GuestRefused) as e:
+        linux_guard(found)
+    assert message in str(e.value)
+
+
+def test_linux_guard_accepts_one_linux_guest():
+    from sealing.flow import linux_guard
+
+    found = {"roots": [{"type": "linux", "product": "Debian 12", "distro": "debian", "major": 12, "arch": "x86_64"}],
+             "encrypted": []}
+    assert linux_guard(found) == "Debian 12 (debian 12, x86_64)"

@@ -45,6 +45,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_q",
     "hostjobs",
     "volumes",
@@ -102,8 +105,9 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             },
-            # A file, not :memory:, so the end-to-end tests' qcluster sees the test database.
-            "TEST": {"NAME": os.environ.get("VMSEAL_TEST_DB_NAME", str(DATA_DIR / "test.sqlite3"))},
+            # A file, not :memory:, so the end-to-end tests' qcluster sees the test database; one per
+            # test session, so two sessions never share (or delete) each other's.
+            "TEST": {"NAME": os.environ.get("VMSEAL_TEST_DB_NAME", str(DATA_DIR / f"test-{os.getpid()}.sqlite3"))},
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -125,8 +129,27 @@ REST_FRAMEWORK = {
     ],
     # Authenticated users read; writes need the model's add/change/delete permission.
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.DjangoModelPermissions"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "vmseal.pagination.Pagination",
     "PAGE_SIZE": 50,
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.OrderingFilter",
+        "rest_framework.filters.SearchFilter",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "vmseal API",
+    "DESCRIPTION": "Sealed VM templates for libvirt hosts.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",  # served by us: no CDN
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "JobStatusEnum": "hostjobs.models.JobStatus",
+        "TemplateStatusEnum": "templates.models.TemplateStatus",
+    },
 }
 
 Q_CLUSTER = {

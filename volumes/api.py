@@ -14,3 +14,5 @@ class VolumeSerializer(serializers.ModelSerializer):
 class VolumeViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = Volume.objects.all()
     serializer_class = VolumeSerializer
+    filterset_fields = ["host", "type", "legality"]
+    ordering_fields = ["created", "size"]
