@@ -6,8 +6,37 @@ from hostjobs.models import Host, HostJob
 
 @admin.register(Host)
 class HostAdmin(admin.ModelAdmin):
-    list_display = ["name", "address", "port", "ssh_user", "pool_path", "created"]
+    list_display = ["name", "address", "reachable", "versions", "kvm", "free_space", "last_checked"]
     search_fields = ["name", "address"]
+    readonly_fields = ["last_check", "last_checked", "created"]
+    actions = ["recheck"]
+
+    @admin.action(description="Re-check selected hosts")
+    def recheck(self, request, queryset):
+        from django_q.tasks import async_task
+
+        for host in queryset:
+            async_task("hostjobs.tasks.check_host", host.pk, task_name=f"check-host-{host.pk}")
+        self.message_user(request, f"checking {queryset.count()} host(s); results appear here in a few seconds")
+
+    @admin.display(boolean=True)
+    def reachable(self, obj):
+        return obj.last_check.get("reachable") if obj.last_check else None
+
+    @admin.display(description="libvirt / virt-sysprep")
+    def versions(self, obj):
+        c = obj.last_check or {}
+        return " / ".join(filter(None, [(c.get("libvirtd") or "").split()[-1:] and c["libvirtd"].split()[-1],
+                                        c.get("virt_sysprep")])) or "-"
+
+    @admin.display(boolean=True, description="KVM")
+    def kvm(self, obj):
+        return (obj.last_check or {}).get("kvm")
+
+    @admin.display(description="pool free")
+    def free_space(self, obj):
+        free = (obj.last_check or {}).get("pool_free_bytes")
+        return f"{free / 2**30:.1f} GiB" if free is not None else "-"
 
 
 class ChildJobInline(admin.TabularInline):

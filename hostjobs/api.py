@@ -1,3 +1,4 @@
+from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -41,12 +42,40 @@ class HostSerializer(serializers.ModelSerializer):
         return value
 
 
+class DiskInfoSerializer(serializers.Serializer):
+    target = serializers.CharField()
+    path = serializers.CharField()
+    format = serializers.CharField()
+    size = serializers.IntegerField(allow_null=True)
+
+
+class VMSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    uuid = serializers.CharField()
+    state = serializers.CharField()
+    disks = DiskInfoSerializer(many=True)
+
+
 class HostViewSet(viewsets.ModelViewSet):
     queryset = Host.objects.all()
     serializer_class = HostSerializer
     filterset_fields = ["name", "address"]
     ordering_fields = ["name", "created"]
     search_fields = ["name", "address"]
+
+    @extend_schema(responses={200: VMSerializer(many=True)}, filters=False)
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
+    def vms(self, request, pk=None):
+        """The host's shut-off VMs (the ones that can become templates), with their disks, read live
+        from libvirt: one call over the host's pinned connection."""
+        from hostjobs import virt
+        from hostjobs.errors import HostError
+
+        try:
+            domains = virt.list_domains(self.get_object(), stopped_only=True)
+        except HostError as e:
+            return Response({"detail": str(e), "code": e.code}, status=status.HTTP_502_BAD_GATEWAY)
+        return Response(VMSerializer(domains, many=True).data)
 
 
 class ChildJobSerializer(serializers.ModelSerializer):

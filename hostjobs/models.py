@@ -55,6 +55,9 @@ class Host(models.Model):
         default=dict, blank=True, editable=False,
         help_text="virt-sysprep --list-operations of this host ({name: enabled by default}), read on first use.",
     )
+    last_check = models.JSONField(default=dict, blank=True, editable=False,
+                                  help_text="what the last host check found (host_check / the admin action)")
+    last_checked = models.DateTimeField(null=True, blank=True, editable=False)
     # Signs the host's notifications (HMAC-SHA256). Never shown by the API or the admin.
     callback_secret = models.CharField(max_length=64, default=_new_secret, editable=False)
     created = models.DateTimeField(auto_now_add=True)
@@ -78,6 +81,7 @@ class JobKind(models.TextChoices):
 
 class JobAction(models.TextChoices):
     CREATE_TEMPLATE = "create_template", "Create template"
+    DELETE_TEMPLATE = "delete_template", "Delete template"
     COPY = "copy", "Copy volume"
     UPDATE_VOLUME = "update_volume", "Update volume"
     DELETE = "delete", "Delete volume"
@@ -88,6 +92,7 @@ class JobAction(models.TextChoices):
 
 ACTION_KIND = {
     JobAction.CREATE_TEMPLATE: JobKind.OPERATION,
+    JobAction.DELETE_TEMPLATE: JobKind.OPERATION,
     JobAction.COPY: JobKind.STORAGE,
     JobAction.UPDATE_VOLUME: JobKind.STORAGE,
     JobAction.DELETE: JobKind.STORAGE,

@@ -139,6 +139,7 @@ class Disk:
     path: str
     format: str
     readonly: bool = False
+    size: int | None = None
 
 
 @dataclass
@@ -184,13 +185,22 @@ def domain_info(host, name: str) -> DomainInfo:
     return call(host, fn)
 
 
-def list_domains(host) -> list[DomainInfo]:
+def list_domains(host, *, stopped_only: bool = False) -> list[DomainInfo]:
+    """The host's VMs with their disks; each disk's virtual size where libvirt can tell."""
     def fn(conn):
         out = []
         for dom in conn.listAllDomains():
             state, _ = dom.state()
-            out.append(DomainInfo(dom.name(), dom.UUIDString(), STATE_NAMES.get(state, str(state)),
-                                  parse_disks(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))))
+            info = DomainInfo(dom.name(), dom.UUIDString(), STATE_NAMES.get(state, str(state)),
+                              parse_disks(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+            if stopped_only and not info.stopped:
+                continue
+            for d in info.disks:
+                try:
+                    d.size = dom.blockInfo(d.path)[0]
+                except libvirt.libvirtError:
+                    d.size = None
+            out.append(info)
         return sorted(out, key=lambda d: d.name)
 
     return call(host, fn)

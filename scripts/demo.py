@@ -93,7 +93,7 @@ vmseal demo
     py = str(ROOT / ".venv" / "bin" / "python")
     procs = [
         subprocess.Popen([py, "manage.py", "qcluster"], cwd=ROOT, start_new_session=True),
-        subprocess.Popen([py, "manage.py", "runserver", "--noreload", f"127.0.0.1:{args.port}"], cwd=ROOT,
+        subprocess.Popen([py, "manage.py", "runserver", "--noreload", "--insecure", f"127.0.0.1:{args.port}"], cwd=ROOT,
                          start_new_session=True),
         # where the demo host pushes job ends and libvirt events
         subprocess.Popen([py, "manage.py", "runserver", "--noreload", f"{BRIDGE}:{CALLBACK_PORT}"], cwd=ROOT,

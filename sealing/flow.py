@@ -119,6 +119,9 @@ def run(template_id: int) -> None:
 
 def _run(template_id: int) -> None:
     t = Template.objects.select_related("host", "job").filter(pk=template_id).first()
+    if t is not None and t.job and t.job.action == JobAction.DELETE_TEMPLATE:
+        delete(t, t.job)
+        return
     if t is None or t.phase == Phase.DONE:
         return
     op = t.job
@@ -334,28 +337,7 @@ def rollback(t: Template, op: HostJob, message: str, code: str) -> None:
         job.refresh_from_db(fields=["status"])
         if not job.is_terminal:
             job.fail("abandoned by the rollback", "rollback")
-    leftovers = []
-    for disk in t.disks.select_related("volume"):
-        vol = disk.volume
-        if vol is None:
-            continue
-        try:
-            runner.run(t.host, JobAction.DELETE, ["delete-volume", "--pool", t.host.pool_path, "--id", str(vol.id)],
-                       parent=op, step=Phase.ROLLBACK, target=f"volume:{vol.id}",
-                       description=f"rollback: delete {disk.target}", timeout=settings.VMSEAL_STORAGE_TIMEOUT,
-                       heartbeat=lambda: renew(t.pk))
-        except HostError as e:
-            # Could not delete: it stays ILLEGAL (the host marks it so before unlinking anything).
-            Volume.objects.filter(pk=vol.pk).update(legality=Legality.ILLEGAL)
-            leftovers.append(f"{vol.id}: {e}")
-            continue
-        disk.volume = None
-        disk.save(update_fields=["volume"])
-        vol.delete()
-    try:
-        virt.refresh_pool(t.host)
-    except HostError:
-        pass
+    leftovers = delete_volumes(t, op, Phase.ROLLBACK, "rollback: delete")
     if leftovers:
         t.phase = Phase.FAILED
         if "volumes left ILLEGAL" not in t.error:
@@ -370,6 +352,49 @@ def rollback(t: Template, op: HostJob, message: str, code: str) -> None:
         op.mark_aborted(message)
     elif op.status == JobStatus.RUNNING:
         op.fail(message, code)
+
+
+def delete_volumes(t: Template, op: HostJob, step: str, label: str) -> list[str]:
+    """Delete each of the template's volumes on its host (a storage job each) and its row. Returns what
+    could not be deleted; those stay ILLEGAL (the host marks them so before unlinking anything)."""
+    leftovers = []
+    for disk in t.disks.select_related("volume"):
+        vol = disk.volume
+        if vol is None:
+            continue
+        try:
+            runner.run(t.host, JobAction.DELETE, ["delete-volume", "--pool", t.host.pool_path, "--id", str(vol.id)],
+                       parent=op, step=step, target=f"volume:{vol.id}", description=f"{label} {disk.target}",
+                       timeout=settings.VMSEAL_STORAGE_TIMEOUT, heartbeat=lambda: renew(t.pk))
+        except HostError as e:
+            Volume.objects.filter(pk=vol.pk).update(legality=Legality.ILLEGAL)
+            leftovers.append(f"{vol.id}: {e}")
+            continue
+        disk.volume = None
+        disk.save(update_fields=["volume"])
+        vol.delete()
+    try:
+        virt.refresh_pool(t.host)
+    except HostError:
+        pass
+    return leftovers
+
+
+def delete(t: Template, op: HostJob) -> None:
+    """Delete a template: each volume on its host (a storage job each), then the row. A volume that
+    cannot be deleted stays (ILLEGAL) and the template is kept failed; deleting it again retries."""
+    if op.is_terminal:
+        return
+    if op.status == JobStatus.PENDING:
+        op.start()
+    leftovers = delete_volumes(t, op, "DELETE", "delete")
+    if leftovers:
+        t.status, t.error = TemplateStatus.FAILED, f"delete incomplete: {'; '.join(leftovers)}"
+        t.save(update_fields=["status", "error", "updated"])
+        op.fail(t.error, "delete_incomplete")
+    else:
+        t.delete()
+        op.finish()
 
 
 def request_abort(op: HostJob, reason: str) -> bool:

@@ -80,3 +80,19 @@ def start(template: Template) -> HostJob:
     except IntegrityError:
         raise Refused("name", f"a template named {template.name!r} already exists", "unique") from None
     return op
+
+
+def request_delete(template: Template) -> HostJob:
+    """Delete a template and its volumes on the host, as an operation job. Refused while a job runs."""
+    with transaction.atomic():
+        t = Template.objects.select_for_update().get(pk=template.pk)
+        if t.status == TemplateStatus.LOCKED:
+            raise Refused("template", f"template {t.name!r} has a job running: cancel it or wait", "locked", 409)
+        op = HostJob.create(t.host, JobAction.DELETE_TEMPLATE, target=f"template:{t.pk}",
+                            description=f"delete template {t.name!r} and its volumes")
+        t.status, t.job = TemplateStatus.LOCKED, op
+        t.save(update_fields=["status", "job", "updated"])
+        pk = t.pk
+        transaction.on_commit(
+            lambda: async_task("sealing.tasks.run_template_flow", pk, task_name=f"template-{pk}-delete-{op.pk}"))
+    return op

@@ -19,12 +19,44 @@ class TemplateDiskInline(admin.TabularInline):
 
 @admin.register(Template)
 class TemplateAdmin(admin.ModelAdmin):
-    list_display = ["name", "status", "sealed", "audit_result", "host", "vm_name", "phase", "created"]
+    list_display = ["name", "status", "sealed", "audit_result", "host", "disk_count", "disk_size", "created"]
+    change_form_template = "admin/templates/template/change_form.html"
     list_filter = ["status", "sealed", "host"]
     search_fields = ["name", "description", "vm_name"]
     inlines = [TemplateDiskInline]
-    readonly_fields = ["status", "phase", "sealed", "guest_os", "shown_options", "audit_report", "error", "job",
-                       "vm_uuid", "created", "updated"]
+    readonly_fields = ["status", "phase", "sealed", "guest_os", "shown_options", "audit_report", "timeline",
+                       "seal_log", "error", "job", "vm_uuid", "created", "updated"]
+
+    def get_queryset(self, request):
+        from django.db.models import Count, Sum
+
+        return (super().get_queryset(request).select_related("host", "job")
+                .annotate(n_disks=Count("disks"), size=Sum("disks__volume__size")))
+
+    @admin.display(description="disks", ordering="n_disks")
+    def disk_count(self, obj):
+        return obj.n_disks
+
+    @admin.display(description="size", ordering="size")
+    def disk_size(self, obj):
+        return f"{obj.size / 2**30:.2f} GiB" if obj.size else "-"
+
+    @admin.display(description="job timeline")
+    def timeline(self, obj):
+        if not obj.job:
+            return "-"
+        rows = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}%</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((c.action, c.kind, c.status, c.progress, c.started and c.started.strftime("%H:%M:%S"),
+              c.completed and c.completed.strftime("%H:%M:%S"), c.description)
+             for c in obj.job.children.order_by("created")))
+        return format_html("<table><tr><th>action</th><th>kind</th><th>status</th><th>progress</th><th>start</th>"
+                           "<th>end</th><th>what</th></tr>{}</table><pre>{}</pre>", rows, obj.job.log)
+
+    @admin.display(description="virt-sysprep log")
+    def seal_log(self, obj):
+        seal = obj.job.children.filter(action="seal").order_by("-created").first() if obj.job else None
+        return format_html('<pre style="max-height:24em;overflow:auto">{}</pre>', seal.log) if seal else "-"
 
     @admin.display(description="audit")
     def audit_result(self, obj):
@@ -74,6 +106,19 @@ class TemplateAdmin(admin.ModelAdmin):
             messages.error(request, e.message)
             raise
         messages.info(request, f"Template {obj.name!r} is being created; its job is {obj.job_id}.")
+
+    def delete_model(self, request, obj):
+        """Deleting goes through a job that deletes the volumes on the host first."""
+        try:
+            op = service.request_delete(obj)
+        except service.Refused as e:
+            messages.error(request, e.message)
+            return
+        messages.info(request, f"Deleting {obj.name!r} and its volumes on {obj.host.name}: job {op.pk}.")
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset:
+            self.delete_model(request, obj)
 
     def save_related(self, request, form, formsets, change):
         if change:

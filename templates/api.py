@@ -72,7 +72,7 @@ class Refused(APIException):
 
 
 class TemplateViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
-                      viewsets.GenericViewSet):
+                      mixins.DestroyModelMixin, viewsets.GenericViewSet):
     queryset = Template.objects.select_related("host").prefetch_related("disks__volume")
     serializer_class = TemplateSerializer
     filterset_fields = {"status": ["exact"], "sealed": ["exact"], "host": ["exact"], "name": ["exact", "icontains"]}
@@ -105,6 +105,15 @@ class TemplateViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
             idempotency.release(claim)
             raise
         idempotency.complete(claim, op)
+        return self._accepted(op)
+
+    @extend_schema(responses={202: HostJobSerializer})
+    def destroy(self, request, *args, **kwargs):
+        """Delete the template and its volumes on the host (a job); 409 while another job runs."""
+        try:
+            op = service.request_delete(self.get_object())
+        except service.Refused as e:
+            raise Refused(e) from None
         return self._accepted(op)
 
     def _accepted(self, op):

@@ -34,8 +34,12 @@ class NewTemplateForm(forms.ModelForm):
     class Meta:
         model = Template
         fields = ["host", "vm_name", "name", "description", "seal"]
+        widgets = {"vm_name": forms.TextInput(attrs={"list": "vmseal-vms", "autocomplete": "off"})}
         help_texts = {"seal": "Erase SSH host keys, machine-id, MAC pinning, hostname, logs and history "
                               "with virt-sysprep. Linux guests only."}
+
+    class Media:
+        js = ["templates/new_template.js"]
 
     def _seal_options(self, data) -> dict:
         raw = {

@@ -82,3 +82,41 @@ def test_schema_and_docs_are_served(admin_client):
     assert docs.status_code == 200
     assert "swagger-ui" in docs.content.decode()
     assert "cdn.jsdelivr" not in docs.content.decode(), "served locally: no CDN"
+
+
+def test_deleting_a_template_with_a_running_job_is_refused(admin_client, data):
+    from templates.models import Template
+
+    locked = Template.objects.get(name="web-5")
+    assert locked.status == "locked"
+    r = admin_client.delete(f"/api/templates/{locked.pk}/")
+    assert r.status_code == 409
+    assert "has a job running" in r.json()["template"][0]
+    assert Template.objects.filter(pk=locked.pk, status="locked").exists()
+
+
+def test_job_follow_exit_status_is_the_outcome(data):
+    from django.core.management import call_command
+
+    from hostjobs.models import HostJob
+
+    op = HostJob.objects.filter(action="create_template").first()
+    with pytest.raises(SystemExit) as e:
+        call_command("job_follow", str(op.pk), interval=0.01)
+    assert e.value.code == 0
+    failed = HostJob.create(op.host, "copy")
+    failed.start()
+    failed.fail("boom")
+    with pytest.raises(SystemExit) as e:
+        call_command("job_follow", str(failed.pk), interval=0.01)
+    assert e.value.code == 1
+
+
+def test_template_create_command_refuses_bad_options_clearly(data):
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="seal_options.timezone"):
+        call_command("template_create", "--host", "h1", "--vm", "v", "--name", "n", "--seal", "--timezone", "Mars/X")
+    with pytest.raises(CommandError, match="no host"):
+        call_command("template_create", "--host", "nope", "--vm", "v", "--name", "n")

@@ -225,3 +225,19 @@ def test_cancel_during_seal_stops_virt_sysprep_and_rolls_back(hj, dbx):
     assert not hj.th.running(str(seal.pk)), "nothing of the seal still runs"
     assert not hj.th.running("virt-sysprep --format qcow2 -a /var/lib/vmseal/hj/")
     assert_nothing_left(hj, hj.host, "hj-cancelled")
+
+
+def test_deleting_a_template_deletes_its_volumes_on_the_host(hj, dbx):
+    from hostjobs.models import Host
+    from templates.models import Template
+
+    t = Template.objects.get(name="hj-polled")  # made by the poll-only test, on its own pool
+    host = Host.objects.get(name="hj-poll")
+    assert any(n.endswith(".qcow2") for n in hj.th.pool_files(host.pool_path))
+    r = hj.api.delete(f"/api/templates/{t.pk}/")
+    assert r.status_code == 202
+    job = wait_jobs(hj.api, [r.json()["id"]], timeout=120)[r.json()["id"]]
+    assert job["status"] == "done", job["error"]
+    assert [c["action"] for c in job["children"]] == ["delete"]
+    assert not Template.objects.filter(pk=t.pk).exists()
+    assert not [n for n in hj.th.pool_files(host.pool_path) if n.endswith((".qcow2", ".meta"))]

@@ -240,6 +240,7 @@ def test_read_endpoints_conform_to_the_schema(run, callback_server):
                                    headers={"Authorization": f"Token {run['token']}"})
     tpl = run["templates"]["two"].json()
     ids = {"/api/templates/{id}/": tpl["id"], "/api/hosts/{id}/": run["host_id"], "/api/jobs/{id}/": tpl["job"],
+           "/api/hosts/{id}/vms/": run["host_id"],
            "/api/volumes/{id}/": tpl["disks"][0]["volume"]["id"]}
     checked = []
     for result in schema.get_all_operations():
@@ -251,7 +252,7 @@ def test_read_endpoints_conform_to_the_schema(run, callback_server):
         assert response.status_code == 200, (op.path, response.text[:500])
         case.validate_response(response)
         checked.append(op.path)
-    assert len(checked) == 8, checked
+    assert len(checked) == 9, checked
 
 
 def test_a_disk_without_an_os_is_refused_before_anything_is_copied(run):

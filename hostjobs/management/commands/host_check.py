@@ -25,6 +25,10 @@ class Command(BaseCommand):
             raise CommandError(f"{h.name}: {e.code}: {e}") from None
         info["reachable"] = True
         info["host_key"] = "matches the pinned key"
+        from django.utils import timezone
+
+        h.last_check, h.last_checked = info, timezone.now()
+        h.save(update_fields=["last_check", "last_checked"])
         if as_json:
             self.stdout.write(_dumps(info))
         else:
