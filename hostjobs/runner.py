@@ -50,10 +50,11 @@ def start(job: HostJob, args: list[str]) -> None:
     """Start ``args`` (a helper subcommand) as host job ``job``; idempotent."""
     spec = {"args": args, "callback_url": callback_url(job.host), "secret": job.host.callback_secret,
             "host": job.host_id}
-    state = hostops.helper(job.host, ["job-start", "--id", str(job.id)], input=json.dumps(spec).encode(),
-                           timeout=60)
+    # Running before the host is asked: a fast job's pushed end must find the row running, not pending.
     if job.status == JobStatus.PENDING:
         job.start()
+    state = hostops.helper(job.host, ["job-start", "--id", str(job.id)], input=json.dumps(spec).encode(),
+                           timeout=60)
     apply_state(job, state)
 
 
@@ -182,6 +183,11 @@ def run(host, action, args: list[str], *, parent: HostJob, step: str, target: st
                     job.fail(f"could not start on host {host}: {e}", e.code)
                 raise
         wait(job, progress_of=progress_of, heartbeat=heartbeat, should_abort=should_abort)
+        try:
+            poll(job, progress_of)  # the log's tail: a pushed end carries no log
+        except HostError:
+            pass
+        job.refresh_from_db()
     if job.status == JobStatus.DONE:
         clear(job)
         return job

@@ -82,7 +82,9 @@ class TemplateAdmin(admin.ModelAdmin):
     def get_form(self, request, obj=None, change=False, **kwargs):
         if obj is None:
             kwargs["form"] = NewTemplateForm
-        return super().get_form(request, obj, change=change, **kwargs)
+        form = super().get_form(request, obj, change=change, **kwargs)
+        form.may_seal = request.user.has_perm("templates.seal_template")
+        return form
 
     def get_fields(self, request, obj=None):
         if obj is None:

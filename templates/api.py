@@ -3,7 +3,7 @@ import json
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.exceptions import APIException
+from rest_framework.exceptions import APIException, PermissionDenied
 from rest_framework.response import Response
 
 from hostjobs.api import HostJobSerializer
@@ -49,6 +49,9 @@ class TemplateSerializer(serializers.ModelSerializer):
         read_only_fields = ["status", "phase", "sealed", "guest_os", "audit", "error", "job", "created", "updated"]
 
     def validate(self, data):
+        request = self.context.get("request")
+        if data.get("seal") and request and not request.user.has_perm("templates.seal_template"):
+            raise PermissionDenied("sealing needs the 'Can create sealed templates' permission")
         if data.get("seal_options") and not data.get("seal"):
             raise serializers.ValidationError({"seal_options": ["seal options need \"seal\": true"]})
         return data

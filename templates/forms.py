@@ -54,8 +54,12 @@ class NewTemplateForm(forms.ModelForm):
             raw["ssh_keys"] = [{"user": data.get("ssh_user") or "", "key": data.get("ssh_key") or ""}]
         return {k: v for k, v in raw.items() if v}
 
+    may_seal = True  # set by the admin from the user's permissions
+
     def clean(self):
         data = super().clean()
+        if data.get("seal") and not self.may_seal:
+            self.add_error("seal", "you may not create sealed templates")
         raw = self._seal_options(data)
         if raw and not data.get("seal"):
             self.add_error("seal", "seal options need Seal template")

@@ -51,6 +51,7 @@ class Template(models.Model):
 
     class Meta:
         ordering = ["-created"]
+        permissions = [("seal_template", "Can create sealed templates (run virt-sysprep)")]
 
     def __str__(self):
         return self.name

@@ -15,8 +15,25 @@ def _remove_sqlite_test_db():
             Path(name + suffix).unlink(missing_ok=True)
 
 
+def _remove_orphaned_test_hosts():
+    """Test hosts are named vmseal-e<pid of the pytest session>; remove those whose session is gone
+    (killed before its teardown ran)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "testhosts.py"
+    names = subprocess.run([sys.executable, str(script), "list"], capture_output=True, text=True).stdout.split()
+    for name in names:
+        m = re.fullmatch(r"vmseal-e(\d+)", name)
+        if m and not Path(f"/proc/{m.group(1)}").exists() and int(m.group(1)) != os.getpid():
+            subprocess.run([sys.executable, str(script), "down", name], capture_output=True)
+
+
 def pytest_sessionstart(session):
     _remove_sqlite_test_db()
+    _remove_orphaned_test_hosts()
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -108,3 +108,21 @@ def test_new_template_form_shows_seal_option_errors(admin_client):
     assert "unknown time zone" in body
     assert "at least 8 characters" in body
     assert Template.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_sealing_needs_its_own_permission(client, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    from hostjobs.models import Host
+    from templates.models import Template
+
+    user = django_user_model.objects.create_user("maker", password="maker-pass-1")
+    user.user_permissions.add(Permission.objects.get(codename="add_template"))
+    client.force_login(user)
+    h = Host.objects.create(name="h", address="10.211.0.254", host_key="ssh-ed25519 AAAA")
+    r = client.post("/api/templates/", {"name": "t", "host": h.pk, "vm": "v", "seal": True},
+                    content_type="application/json")
+    assert r.status_code == 403
+    assert "seal" in r.json()["detail"]
+    assert Template.objects.count() == 0
