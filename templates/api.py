@@ -91,14 +91,16 @@ class TemplateViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
         key = request.headers.get("Idempotency-Key", "")
         if len(key) > 128:
             raise serializers.ValidationError({"Idempotency-Key": ["at most 128 characters"]})
-        ser = self.get_serializer(data=request.data)
-        ser.is_valid(raise_exception=True)
         claim = None
-        if key:
+        if key:  # before validation: a retry must not be refused as a duplicate of itself
             digest = hashlib.sha256(json.dumps(request.data, sort_keys=True, default=str).encode()).hexdigest()
             claim, replay = idempotency.claim(request.user, key, digest)
             if replay is not None:
                 return self._accepted(replay)
+        ser = self.get_serializer(data=request.data)
+        if not ser.is_valid():
+            idempotency.release(claim)
+            raise serializers.ValidationError(ser.errors)
         try:
             op = service.start(Template(**ser.validated_data))
         except service.Refused as e:

@@ -234,6 +234,7 @@ def test_seal_false_keeps_guest_content_identical(run):
 def test_read_endpoints_conform_to_the_schema(run, callback_server):
     """schemathesis over every GET endpoint of a real server process, with the rows this run made."""
     import schemathesis
+    from schemathesis.specs.openapi.checks import ignored_auth
 
     base = callback_server.rsplit("/api/", 1)[0]
     schema = schemathesis.from_uri(f"{base}/api/schema/?format=json",
@@ -250,7 +251,9 @@ def test_read_endpoints_conform_to_the_schema(run, callback_server):
         case = op.make_case(path_parameters={"id": ids[op.path]} if "{id}" in op.path else {}, query={})
         response = case.call(base_url=base, headers={"Authorization": f"Token {run['token']}"})
         assert response.status_code == 200, (op.path, response.text[:500])
-        case.validate_response(response)
+        # ignored_auth misreads a token passed to call() as generated auth; that anonymous and wrong
+        # tokens are refused is tested directly (test_api_auth).
+        case.validate_response(response, excluded_checks=(ignored_auth,))
         checked.append(op.path)
     assert len(checked) == 9, checked
 
