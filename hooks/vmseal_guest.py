@@ -107,7 +107,8 @@ def cmd_audit(a):
                     pinned.append(p)
         check("MAC pinning in network configs", not pinned, ", ".join(pinned))
         hostname = read(g, "/etc/hostname").strip() if g.is_file("/etc/hostname") else ""
-        check("hostname", hostname in ("", a.hostname), f"/etc/hostname is {hostname!r}, expected {a.hostname!r}")
+        check("hostname", hostname in ("", a.hostname),
+              "" if hostname in ("", a.hostname) else f"/etc/hostname is {hostname!r}, expected {a.hostname!r}")
         leases = []
         for pattern in ("/var/lib/dhcp/*", "/var/lib/dhclient/*", "/var/lib/NetworkManager/*.lease",
                         "/var/lib/systemd/netif/leases/*", "/var/lib/dhcpcd/*"):
@@ -129,8 +130,8 @@ def cmd_audit(a):
         seeds = [p for p in ("/var/lib/systemd/random-seed", "/var/lib/random-seed", "/var/lib/urandom/random-seed")
                  if g.is_file(p)]
         check("random seed", not seeds, ", ".join(seeds))
-        check("LVM system.devices", not g.is_file("/etc/lvm/devices/system.devices"),
-              "/etc/lvm/devices/system.devices")
+        lvm = g.is_file("/etc/lvm/devices/system.devices")
+        check("LVM system.devices", not lvm, "/etc/lvm/devices/system.devices" if lvm else "")
         return {"passed": all(i["ok"] for i in items), "items": items}
     finally:
         g.close()

@@ -57,11 +57,10 @@ def test_admin_creates_a_sealed_template_in_the_browser(browser_setup, django_db
             page.check("#id_seal")
             page.click("input[name=_save]")
             expect(page.locator("ul.messagelist")).to_contain_text("is being created", timeout=30_000)
-            with django_db_blocker.unblock():
-                t = Template.objects.get(name="browser-template")
-            page.goto(f"{base}/admin/templates/template/{t.pk}/change/")
+            page.locator("#result_list").get_by_role("link", name="browser-template").click()  # list -> its page
+            expect(page.locator("#vmseal-job-status")).to_be_visible()
             # the page follows the job without a reload, then reloads once it ended
-            deadline = time.monotonic() + 600
+            deadline = time.monotonic() + 420
             while time.monotonic() < deadline:
                 status = page.locator("#vmseal-job-status")
                 if status.count() and status.inner_text() == "done":
@@ -73,10 +72,13 @@ def test_admin_creates_a_sealed_template_in_the_browser(browser_setup, django_db
             expect(page.locator(".field-audit_report")).not_to_contain_text("FAILED")
             expect(page.locator(".field-status")).to_contain_text("OK")
             page.screenshot(path=str(ARTIFACTS / "template-page.png"), full_page=True)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
+            raise
         finally:
             browser.close()
     with django_db_blocker.unblock():
-        t.refresh_from_db()
+        t = Template.objects.get(name="browser-template")
         assert t.status == "ok"
         assert t.sealed
         assert t.audit["passed"]
