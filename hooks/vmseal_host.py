@@ -210,9 +210,19 @@ def proc_start_time(pid):
         return None
 
 
+def proc_state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def runner_alive(st):
+    """The recorded runner still runs: same pid and start time (not a recycled pid), and not a zombie
+    (a killed runner whose parent is gone stays one where PID 1 does not reap)."""
     pid = st.get("pid")
-    return bool(pid) and proc_start_time(pid) == st.get("pid_start")
+    return bool(pid) and proc_start_time(pid) == st.get("pid_start") and proc_state(pid) not in ("Z", "X", None)
 
 
 def observed(d, log_offset=0):
@@ -327,7 +337,10 @@ def notify(spec, payload, attempts=3, timeout=2.0):
 
 
 def cmd_job_status(a):
-    return observed(job_dir(a.id), a.log_offset)
+    d = job_dir(a.id)
+    if not os.path.isfile(os.path.join(d, "state.json")):
+        raise Refused("no_such_job", f"this host has no job {a.id}")
+    return observed(d, a.log_offset)
 
 
 def cmd_job_abort(a):

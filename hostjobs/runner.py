@@ -138,6 +138,13 @@ def wait(job: HostJob, *, progress_of=None, heartbeat: Callable[[], None] | None
         if now >= next_poll:
             try:
                 poll(job, progress_of)
+            except VolumeRefused as e:
+                if e.detail == "no_such_job":  # the host answers, and does not know this job: it is lost
+                    job.refresh_from_db(fields=["status"])
+                    if not job.is_terminal:
+                        job.fail(f"host {job.host} does not know this job", "unknown_job")
+                    return job
+                raise
             except HostError as e:
                 log.info("job %s: host %s unreachable (%s); state unknown, waiting", job.pk, job.host, e.code)
             backoff = min(backoff * 2, POLL_MAX)

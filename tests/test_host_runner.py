@@ -1,0 +1,122 @@
+"""The host-side job runner (hooks/vmseal_host.py), run for real on this machine against a temporary
+jobs directory: detached start, state on disk, results, abort, a vanished runner, idempotent start,
+an unknown job. No app, no mocks: these are the processes a host runs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+HELPER = Path(__file__).resolve().parents[1] / "hooks" / "vmseal_host.py"
+RULES = Path(__file__).resolve().parents[1] / "volumes" / "rules.py"
+
+
+@pytest.fixture
+def host_lib(tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "vmseal_host.py").write_text(HELPER.read_text())
+    (lib / "vmseal_rules.py").write_text(RULES.read_text())
+    jobs = tmp_path / "jobs"
+    env = {**os.environ, "VMSEAL_JOBS_DIR": str(jobs)}
+
+    def call(*args, stdin=None):
+        p = subprocess.run([sys.executable, str(lib / "vmseal_host.py"), *args], input=stdin, capture_output=True,
+                           text=True, env=env, timeout=30)
+        return p.returncode, json.loads(p.stdout.strip().splitlines()[-1])
+
+    return call, jobs
+
+
+def start(call, *argv):
+    job = str(uuid.uuid4())
+    spec = json.dumps({"args": ["run", "--", *argv], "host": 1})
+    t0 = time.monotonic()
+    rc, st = call("job-start", "--id", job, stdin=spec)
+    assert rc == 0
+    return job, st, time.monotonic() - t0
+
+
+def wait_terminal(call, job, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rc, st = call("job-status", "--id", job)
+        if st["status"] in ("done", "failed", "aborted"):
+            return st
+        time.sleep(0.05)
+    raise AssertionError(f"job {job} not terminal")
+
+
+def test_a_job_returns_at_once_runs_detached_and_records_its_end(host_lib):
+    call, jobs = host_lib
+    job, st, took = start(call, "sh", "-c", "echo hello; sleep 1; echo bye")
+    assert took < 1.0, "job-start does not wait for the job"
+    assert st["status"] == "running"
+    assert st["pid"]
+    end = wait_terminal(call, job)
+    assert end["status"] == "done"
+    assert end["exit_code"] == 0
+    assert "hello" in end["log"]
+    assert "bye" in end["log"]
+    assert end["ended"] >= end["started"]
+    assert oct((jobs / job / "spec.json").stat().st_mode & 0o777) == "0o600", "the spec holds the callback secret"
+
+
+def test_a_failing_job_is_failed_with_its_exit_code(host_lib):
+    call, _ = host_lib
+    job, _, _ = start(call, "sh", "-c", "echo oops >&2; exit 4")
+    end = wait_terminal(call, job)
+    assert end["status"] == "failed"
+    assert end["exit_code"] == 4
+    assert "oops" in end["log"]
+
+
+def test_starting_an_existing_job_never_runs_it_twice(host_lib):
+    call, jobs = host_lib
+    job, _, _ = start(call, "sh", "-c", 'echo ran >> "$0"', str(jobs / "count"))
+    wait_terminal(call, job)
+    rc, again = call("job-start", "--id", job, stdin=json.dumps({"args": ["run", "--", "true"], "host": 1}))
+    assert rc == 0
+    assert again["status"] == "done"
+    time.sleep(0.5)
+    assert (jobs / "count").read_text() == "ran\n"
+
+
+def test_abort_stops_the_work_and_its_children(host_lib):
+    call, _ = host_lib
+    job, st, _ = start(call, "sh", "-c", "sleep 300 & sleep 300; wait")
+    time.sleep(0.5)
+    rc, end = call("job-abort", "--id", job)
+    assert rc == 0
+    assert end["status"] == "aborted"
+    rc, again = call("job-abort", "--id", job)
+    assert rc == 3
+    assert again["error"] == "job_terminal"
+    out = subprocess.run(["pgrep", "-f", "[s]leep 300"], capture_output=True, text=True).stdout.split()
+    assert not out, "nothing of the aborted job is left running"
+
+
+def test_a_runner_that_vanished_reads_as_failed(host_lib):
+    call, _ = host_lib
+    job, st, _ = start(call, "sleep", "30")
+    os.kill(st["pid"], signal.SIGKILL)
+    time.sleep(0.2)
+    rc, seen = call("job-status", "--id", job)
+    assert seen["status"] == "failed"
+    assert "vanished" in seen["error"]
+
+
+def test_an_unknown_job_is_a_clear_refusal(host_lib):
+    call, _ = host_lib
+    rc, st = call("job-status", "--id", str(uuid.uuid4()))
+    assert rc == 3
+    assert st["error"] == "no_such_job"
+    rc, st = call("job-status", "--id", "../../etc")
+    assert rc == 3
+    assert st["error"] == "bad_job_id"
