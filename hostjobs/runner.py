@@ -21,7 +21,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from hostjobs import hostops
-from hostjobs.errors import HostCommandFailed, HostError, VolumeRefused
+from hostjobs.errors import HostCommandFailed, HostError, HostUnreachable, VolumeRefused
 from hostjobs.models import LOG_LIMIT, HostJob, JobStatus
 
 log = logging.getLogger("vmseal.runner")
@@ -102,10 +102,11 @@ def apply_state(job: HostJob, state: dict, progress_of: Callable[[str], int | No
 
 
 def wait(job: HostJob, *, progress_of=None, heartbeat: Callable[[], None] | None = None,
-         should_abort: Callable[[], bool] | None = None) -> HostJob:
+         should_abort: Callable[[], bool] | None = None, restart: Callable[[], None] | None = None) -> HostJob:
     """Block until ``job`` is terminal: a push shows up in the row within WATCH seconds; meanwhile the
     host is polled with backoff (1 s doubling to 10 s). An unreachable host leaves the job's state
-    unknown until its deadline, then the job fails. ``should_abort`` asks to abort it on the host."""
+    unknown until its deadline, then the job fails. ``should_abort`` asks to abort it on the host.
+    ``restart`` (re)sends an unconfirmed start: starting is idempotent on the host."""
     next_poll = time.monotonic() + POLL_MIN
     backoff = POLL_MIN
     next_beat = 0.0
@@ -139,8 +140,14 @@ def wait(job: HostJob, *, progress_of=None, heartbeat: Callable[[], None] | None
             try:
                 poll(job, progress_of)
             except VolumeRefused as e:
+                job.refresh_from_db(fields=["status", "last_seen"])
+                if e.detail == "no_such_job" and job.last_seen is None and restart:
+                    try:  # our start never reached the host (it was unreachable then): send it again
+                        restart()
+                    except HostUnreachable:
+                        pass
+                    continue
                 if e.detail == "no_such_job":  # the host answers, and does not know this job: it is lost
-                    job.refresh_from_db(fields=["status"])
                     if not job.is_terminal:
                         job.fail(f"host {job.host} does not know this job", "unknown_job")
                     return job
@@ -184,12 +191,15 @@ def run(host, action, args: list[str], *, parent: HostJob, step: str, target: st
         if job.status == JobStatus.PENDING or job.last_seen is None:
             try:
                 start(job, args)
+            except HostUnreachable:
+                pass  # unknown whether it started: the wait re-sends the start until the job's deadline
             except HostError as e:
                 job.refresh_from_db(fields=["status"])
                 if not job.is_terminal:
                     job.fail(f"could not start on host {host}: {e}", e.code)
                 raise
-        wait(job, progress_of=progress_of, heartbeat=heartbeat, should_abort=should_abort)
+        wait(job, progress_of=progress_of, heartbeat=heartbeat, should_abort=should_abort,
+             restart=lambda: start(job, args))
         try:
             poll(job, progress_of)  # the log's tail: a pushed end carries no log
         except HostError:

@@ -65,11 +65,12 @@ def request(ns, host, name, vm, seal=True):
 
 
 def wait_child(op_id, action, status="running", timeout=120):
+    """The op's child job of ``action`` once its host has confirmed it (it runs there)."""
     from hostjobs.models import HostJob
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = HostJob.objects.filter(parent_id=op_id, action=action, status=status).first()
+        job = HostJob.objects.filter(parent_id=op_id, action=action, status=status, last_seen__isnull=False).first()
         if job:
             return job
         time.sleep(0.2)

@@ -37,10 +37,9 @@ def host_lib(tmp_path):
 def start(call, *argv):
     job = str(uuid.uuid4())
     spec = json.dumps({"args": ["run", "--", *argv], "host": 1})
-    t0 = time.monotonic()
     rc, st = call("job-start", "--id", job, stdin=spec)
     assert rc == 0
-    return job, st, time.monotonic() - t0
+    return job, st, None
 
 
 def wait_terminal(call, job, timeout=20):
@@ -55,9 +54,8 @@ def wait_terminal(call, job, timeout=20):
 
 def test_a_job_returns_at_once_runs_detached_and_records_its_end(host_lib):
     call, jobs = host_lib
-    job, st, took = start(call, "sh", "-c", "echo hello; sleep 1; echo bye")
-    assert took < 1.0, "job-start does not wait for the job"
-    assert st["status"] == "running"
+    job, st, _ = start(call, "sh", "-c", "echo hello; sleep 2; echo bye")
+    assert st["status"] == "running", "job-start returned while the job still runs: it did not wait for it"
     assert st["pid"]
     end = wait_terminal(call, job)
     assert end["status"] == "done"
