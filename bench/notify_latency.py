@@ -10,13 +10,11 @@ takes the exit time the runner recorded on the host and the time the HostJob row
 """
 
 import argparse
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,14 +30,13 @@ import django  # noqa: E402
 
 django.setup()
 
+from _common import fresh_host, remove_host, wait_http  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 
 from hostjobs import hostops, runner  # noqa: E402
 from hostjobs.models import Host, HostJob, JobAction  # noqa: E402
-from hostjobs.transport import app_public_key  # noqa: E402
 
 HOST = "vmseal-notify"
-TESTHOSTS = [sys.executable, str(ROOT / "scripts" / "testhosts.py")]
 
 
 def pct(values, p):
@@ -67,17 +64,14 @@ def main():
     ap.add_argument("--jobs", type=int, default=30)
     args = ap.parse_args()
     call_command("migrate", verbosity=0)
-    subprocess.run([*TESTHOSTS, "down", HOST], capture_output=True)
-    info = json.loads(subprocess.run([*TESTHOSTS, "up", HOST], check=True, capture_output=True, text=True).stdout)
+    info = fresh_host(HOST)
     web = None
     try:
-        with open(info["authorized_keys"], "a") as f:
-            f.write(app_public_key() + "\n")
         url = f"http://{info['bridge_address']}:{PORT}/api/callbacks/"
         web = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "runserver", "--noreload",
                                 f"{info['bridge_address']}:{PORT}"], cwd=ROOT, env=os.environ.copy(),
                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(3)
+        wait_http(url)
         push = Host.objects.create(name="push", address=info["address"], host_key=info["host_key"], callback_url=url)
         poll = Host.objects.create(name="poll", address=info["address"], host_key=info["host_key"],
                                    callback_url=f"http://{info['bridge_address']}:9/api/callbacks/")
@@ -91,7 +85,7 @@ def main():
     finally:
         if web:
             os.killpg(web.pid, signal.SIGTERM)
-        subprocess.run([*TESTHOSTS, "down", HOST], capture_output=True)
+        remove_host(HOST)
 
 
 if __name__ == "__main__":

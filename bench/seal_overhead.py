@@ -10,7 +10,6 @@ operation job is terminal. Raw run: on the same host, `qemu-img convert` of each
 """
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -32,16 +31,15 @@ import django  # noqa: E402
 django.setup()
 
 import guestdisk  # noqa: E402
+from _common import TESTHOSTS, fresh_host, remove_host  # noqa: E402
 from django.contrib.auth.models import User  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from rest_framework.test import APIClient  # noqa: E402
 
 from hostjobs.models import Host, HostJob  # noqa: E402
-from hostjobs.transport import app_public_key  # noqa: E402
 from sealing import sysprep  # noqa: E402
 
 HOST = "vmseal-bench"
-TESTHOSTS = [sys.executable, str(ROOT / "scripts" / "testhosts.py")]
 
 
 def host_exec(*argv):
@@ -84,12 +82,9 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     call_command("migrate", verbosity=0)
-    subprocess.run([*TESTHOSTS, "down", HOST], capture_output=True)
-    info = json.loads(subprocess.run([*TESTHOSTS, "up", HOST], check=True, capture_output=True, text=True).stdout)
+    info = fresh_host(HOST)
     qc = None
     try:
-        with open(info["authorized_keys"], "a") as f:
-            f.write(app_public_key() + "\n")
         images = Path(info["root"]) / "lib-libvirt" / "images"
         disks = ["/var/lib/libvirt/images/" + p.name for p in guestdisk.build(images, "two", "bench2")]
         (images / "bench2.xml").write_text(guestdisk.domain_xml("bench2", disks))
@@ -101,8 +96,8 @@ def main():
         qc = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "qcluster"], cwd=ROOT,
                               env={**os.environ, "VMSEAL_Q_WORKERS": "2"}, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(2)
-        # warm the appliance cache and the SSH connection once, outside the measurement
+        # warm the appliance cache and the SSH connection once, outside the measurement (the cluster
+        # starts meanwhile)
         raw_run(disks, "warm")
         vm, raw = [], []
         for i in range(args.runs):
@@ -131,7 +126,7 @@ def main():
                 qc.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(qc.pid, signal.SIGKILL)
-        subprocess.run([*TESTHOSTS, "down", HOST], capture_output=True)
+        remove_host(HOST)
 
 
 if __name__ == "__main__":
