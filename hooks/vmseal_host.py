@@ -1,6 +1,7 @@
 #!/usr/bin/python3
-"""vmseal's helper on a hypervisor host. Stdlib only (plus Debian's python3-guestfs where noted);
-it imports nothing of the app. Shipped next to ``vmseal_rules.py`` (the app's volumes/rules.py).
+"""vmseal's helper on a hypervisor host. Stdlib only; it imports nothing of the app. Shipped next to
+``vmseal_rules.py`` (the app's volumes/rules.py) and the two scripts virt-sysprep runs for vmseal
+(``sysprep_script.sh``, ``guest_audit.sh``).
 
 Every subcommand prints one JSON object on its last stdout line. On refusal it prints
 ``{"error": <code>, "message": ...}`` and exits 3; other failures exit 1.
@@ -380,20 +381,6 @@ def cmd_job_clear(a):
     return {"id": a.id, "cleared": True}
 
 
-def cmd_guest(a):
-    """Run vmseal_guest.py (python3-guestfs) with the given environment; its output is the result."""
-    env = dict(os.environ)
-    for kv in a.env:
-        k, _, v = kv.partition("=")
-        env[k] = v
-    argv = a.argv[1:] if a.argv and a.argv[0] == "--" else a.argv
-    sys.stdout.flush()
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vmseal_guest.py")
-    proc = subprocess.run(["/usr/bin/python3", script, *argv], env=env, stdin=subprocess.DEVNULL,
-                          stderr=subprocess.STDOUT)
-    return {"_exit": proc.returncode, "_silent": True}
-
-
 def cmd_sysprep_operations(a):
     out = subprocess.run(["virt-sysprep", "--list-operations"], capture_output=True, text=True, check=True).stdout
     ops = {}
@@ -457,9 +444,6 @@ def main(argv=None):
     r.add_argument("--writable", action="append", default=[])
     r.add_argument("--env", action="append", default=[])
     r.add_argument("argv", nargs=argparse.REMAINDER)
-    gs = sub.add_parser("guest")
-    gs.add_argument("--env", action="append", default=[])
-    gs.add_argument("argv", nargs=argparse.REMAINDER)
     sub.add_parser("sysprep-operations")
     hi = sub.add_parser("host-info")
     hi.add_argument("--pool", required=True)
@@ -472,7 +456,7 @@ def main(argv=None):
     handler = {"create-volume": cmd_create, "update-volume": cmd_update, "delete-volume": cmd_delete,
                "volume-info": cmd_info, "run": cmd_run, "job-start": cmd_job_start, "job-exec": cmd_job_exec,
                "job-status": cmd_job_status, "job-abort": cmd_job_abort, "job-clear": cmd_job_clear,
-               "host-info": cmd_host_info, "guest": cmd_guest, "sysprep-operations": cmd_sysprep_operations}[a.cmd]
+               "host-info": cmd_host_info, "sysprep-operations": cmd_sysprep_operations}[a.cmd]
     try:
         result = handler(a)
     except (Refused, rules.RuleError) as e:

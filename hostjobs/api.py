@@ -81,8 +81,8 @@ class HostViewSet(viewsets.ModelViewSet):
 class ChildJobSerializer(serializers.ModelSerializer):
     class Meta:
         model = HostJob
-        fields = ["id", "kind", "action", "status", "progress", "target", "description", "error", "started",
-                  "completed"]
+        fields = ["id", "kind", "action", "step", "status", "progress", "target", "description", "error",
+                  "started", "completed"]
 
 
 class HostJobSerializer(serializers.ModelSerializer):

@@ -20,11 +20,10 @@ from hostjobs.errors import HostCommandFailed, VolumeRefused
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = {"vmseal_host.py": ROOT / "hooks" / "vmseal_host.py", "vmseal_rules.py": ROOT / "volumes" / "rules.py",
-          "libvirt_hook.py": ROOT / "hooks" / "libvirt_hook.py", "vmseal_guest.py": ROOT / "hooks" / "vmseal_guest.py",
-          "scrub_mac.sh": ROOT / "hooks" / "scrub_mac.sh"}
+          **{name: ROOT / "hooks" / name for name in ("libvirt_hook.py", "sysprep_script.sh", "guest_audit.sh")}}
 REMOTE_LIB = "/var/lib/vmseal/lib"
 MISSING = 111  # exit status of the probe when the bundle is not on the host
-PYTHON = "/usr/bin/python3"  # Debian's python: the one python3-guestfs imports from
+PYTHON = "/usr/bin/python3"  # the host's Debian python (the helper is stdlib only)
 
 
 @cache

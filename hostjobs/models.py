@@ -86,8 +86,6 @@ class JobAction(models.TextChoices):
     UPDATE_VOLUME = "update_volume", "Update volume"
     DELETE = "delete", "Delete volume"
     SEAL = "seal", "Seal"
-    INSPECT = "inspect", "Inspect guest"
-    AUDIT = "audit", "Audit seal"
 
 
 ACTION_KIND = {
@@ -97,8 +95,6 @@ ACTION_KIND = {
     JobAction.UPDATE_VOLUME: JobKind.STORAGE,
     JobAction.DELETE: JobKind.STORAGE,
     JobAction.SEAL: JobKind.VIRT,
-    JobAction.INSPECT: JobKind.VIRT,
-    JobAction.AUDIT: JobKind.VIRT,
 }
 
 

@@ -25,6 +25,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+BUSYBOX = "/bin/busybox"  # Debian package busybox-static (scripts/install-system-packages.sh)
+APPLETS = ("cat", "find", "grep", "head", "ls", "rm", "sed", "tr", "true")
 MACHINE_ID = "0123456789abcdef0123456789abcdef"
 HOSTNAME = "golden-vm"
 MAC = "52:54:00:12:34:56"
@@ -95,8 +97,11 @@ def _write_root(root: Path, files: dict[str, str], init: bool = True) -> None:
     for link, target in (("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib")):
         if not (root / link).exists():
             os.symlink(target, root / link)
-    # A real binary lets inspection read the guest's architecture.
-    shutil.copy("/usr/bin/true", root / "usr/bin/true")
+    # A real shell (Debian's static busybox as /bin/sh, plus the applets vmseal's audit uses): the
+    # audit runs in the guest, and inspection reads the guest's architecture from it.
+    shutil.copy(BUSYBOX, root / "usr/bin/sh")
+    for applet in APPLETS:
+        os.symlink("sh", root / "usr/bin" / applet)
     (root / "etc/ssh/ssh_host_ed25519_key").chmod(0o600)
 
 

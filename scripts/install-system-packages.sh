@@ -6,7 +6,7 @@ PKGS=(
   qemu-system-x86 qemu-utils
   libguestfs-tools python3-guestfs linux-image-amd64
   openssh-server openssh-client iproute2 util-linux e2fsprogs
-  python3 python3-venv python3-dev openssl ntfs-3g
+  python3 python3-venv python3-dev openssl ntfs-3g busybox-static
   chromium
 )
 missing=()

@@ -1,11 +1,12 @@
 """The template flow, oVirt's sequence:
 
-    CREATE_TEMPLATE -> COPY_DISKS -> ASSIGN_ILLEGAL -> SEAL -> AUDIT -> ASSIGN_LEGAL_SHARED -> DONE
+    CREATE_TEMPLATE -> COPY_DISKS -> ASSIGN_ILLEGAL -> SEAL -> ASSIGN_LEGAL_SHARED -> DONE
     (seal=false: CREATE_TEMPLATE -> COPY_DISKS -> ASSIGN_LEGAL_SHARED -> DONE)
 
-With seal, CREATE_TEMPLATE inspects the VM's disks first (read-only) and refuses anything but one
-unencrypted Linux guest before a volume exists; AUDIT reads the sealed volumes and fails the flow if
-any identity item is left.
+SEAL is one virt-sysprep run, and vmseal's checks run inside its appliance session (one launch, see
+``sealing.sysprep``): a guard that refuses anything but one unencrypted Linux guest, and the audit,
+which fails the run if any identity item is left. Either refusal fails SEAL: the copies are deleted
+and nothing was ever LEGAL.
 
 and on any failure or cancel ROLLBACK -> (template removed) or FAILED (a volume could not be deleted:
 it stays ILLEGAL, and the sweeper retries the clean-up when the host is back).
@@ -39,8 +40,8 @@ from volumes.models import Legality, Volume
 log = logging.getLogger("vmseal.flow")
 
 LEASE = timedelta(seconds=20)
-PROGRESS = {Phase.CREATE_TEMPLATE: 0, Phase.COPY_DISKS: 15, Phase.ASSIGN_ILLEGAL: 25, Phase.SEAL: 30,
-            Phase.AUDIT: 75, Phase.ASSIGN_LEGAL_SHARED: 95, Phase.DONE: 100}
+PROGRESS = {Phase.CREATE_TEMPLATE: 0, Phase.COPY_DISKS: 5, Phase.ASSIGN_ILLEGAL: 20, Phase.SEAL: 25,
+            Phase.ASSIGN_LEGAL_SHARED: 95, Phase.DONE: 100}
 ABORTABLE = (Phase.CREATE_TEMPLATE, Phase.COPY_DISKS, Phase.ASSIGN_ILLEGAL, Phase.SEAL)
 
 
@@ -58,7 +59,7 @@ class GuestRefused(VmsealError):
 
 def next_phase(phase: str, seal: bool) -> str:
     order = [Phase.CREATE_TEMPLATE, Phase.COPY_DISKS]
-    order += [Phase.ASSIGN_ILLEGAL, Phase.SEAL, Phase.AUDIT] if seal else []
+    order += [Phase.ASSIGN_ILLEGAL, Phase.SEAL] if seal else []
     order += [Phase.ASSIGN_LEGAL_SHARED, Phase.DONE]
     return order[order.index(phase) + 1]
 
@@ -166,9 +167,6 @@ def create_template(ctx: Context) -> None:
     writable = [d for d in info.disks if not d.readonly]
     if not writable:
         raise FlowFailed(f"VM {t.vm_name!r} has no disks to copy")
-    if t.seal and not t.guest_os:
-        t.guest_os = linux_guard(inspect(ctx, [(d.path, d.format) for d in writable]))
-        t.save(update_fields=["guest_os"])
     if not t.disks.exists():
         TemplateDisk.objects.bulk_create(
             TemplateDisk(template=t, index=i, target=d.target, source_path=d.path, source_format=d.format)
@@ -207,36 +205,6 @@ def assign_illegal(ctx: Context) -> None:
         update_volume(ctx, Phase.ASSIGN_ILLEGAL, vol, legality=rules.ILLEGAL)
 
 
-def inspect(ctx: Context, disks: list[tuple[str, str]]) -> dict:
-    """What OS the disks hold: a read-only libguestfs inspection on the host, as a virt job."""
-    args = ["guest", *_guest_env(ctx.t.host), "--", "inspect"]
-    for path, fmt in disks:
-        args += ["--disk", f"{path}:{fmt}"]
-    try:
-        job = ctx.host_job(JobAction.INSPECT, Phase.CREATE_TEMPLATE, f"vm:{ctx.t.vm_name}",
-                           f"inspect {len(disks)} disk(s) of VM {ctx.t.vm_name!r}", args,
-                           timeout=settings.VMSEAL_SEAL_TIMEOUT)
-    except runner.JobFailed as e:
-        raise GuestRefused(f"the guest could not be inspected ({e}): only Linux guests can be sealed") from None
-    return job.result
-
-
-def linux_guard(found: dict) -> str:
-    """Seal only one unencrypted Linux guest; say what was found otherwise."""
-    if found.get("encrypted"):
-        raise GuestRefused(f"encrypted disk(s) {', '.join(found['encrypted'])}: vmseal cannot seal encrypted guests")
-    roots = found.get("roots", [])
-    if not roots:
-        raise GuestRefused("no operating system was recognised on the VM's disks: only Linux guests can be sealed")
-    if len(roots) > 1:
-        raise GuestRefused(f"{len(roots)} operating systems found ({', '.join(r['product'] for r in roots)}): "
-                           "vmseal seals one Linux guest")
-    r = roots[0]
-    if r["type"] != "linux":
-        raise GuestRefused(f"the guest is {r['type']} ({r['product']}): virt-sysprep seals Linux guests only")
-    return f"{r['product']} ({r['distro']} {r['major']}, {r['arch']})"
-
-
 def _guest_env(host) -> list[str]:
     args = []
     for k, v in sysprep.environment(host.guestfs_backend_settings).items():
@@ -245,41 +213,40 @@ def _guest_env(host) -> list[str]:
 
 
 def seal(ctx: Context) -> None:
+    """One virt-sysprep over all the template's disks, with vmseal's guard and audit in its session."""
     t = ctx.t
     vols = _volumes(t)
+    lib = hostops.remote_dir()
     argv = sysprep.build_command([(v.path, v.format) for v in vols], t.seal_options,
-                                 scrub_script=f"{hostops.remote_dir()}/scrub_mac.sh")
+                                 script=f"{lib}/sysprep_script.sh", audit_script=f"{lib}/guest_audit.sh")
     args = ["run", "--pool", t.host.pool_path]
     for v in vols:
         args += ["--writable", str(v.id)]
     args += _guest_env(t.host)
     try:
-        ctx.host_job(JobAction.SEAL, Phase.SEAL, f"template:{t.pk}", f"virt-sysprep over {len(vols)} disk(s)",
-                     [*args, "--", *argv], timeout=settings.VMSEAL_SEAL_TIMEOUT, progress_of=sysprep.progress_of)
+        job = ctx.host_job(JobAction.SEAL, Phase.SEAL, f"template:{t.pk}", f"virt-sysprep over {len(vols)} disk(s)",
+                           [*args, "--", *argv], timeout=settings.VMSEAL_SEAL_TIMEOUT,
+                           progress_of=sysprep.progress_of)
     except runner.JobFailed as e:
         job = ctx.op.children.filter(step=Phase.SEAL).order_by("-created").first()
         code = (job.result or {}).get("exit_code") if job else None
         if code is None:
             raise
+        _record_seal(t, job.log, passed=False)
+        refusal = sysprep.refusal_of(job.log)
+        if refusal:
+            raise GuestRefused(refusal) from e
+        if t.audit and not t.audit["passed"]:
+            raise FlowFailed("audit found identity left: " + "; ".join(
+                f"{i['item']} ({i['detail']})" for i in t.audit["items"] if not i["ok"])) from e
         raise FlowFailed(f"virt-sysprep exited {code}: {sysprep.error_summary(job.log)}") from e
+    _record_seal(t, job.log, passed=True)
 
 
-def audit(ctx: Context) -> None:
-    """Prove the seal: read every identity item from the sealed volumes (read-only, on the host)."""
-    t = ctx.t
-    args = ["guest", *_guest_env(t.host), "--", "audit", "--hostname", t.seal_options.get("hostname", "localhost")]
-    for v in _volumes(t):
-        args += ["--disk", f"{v.path}:{v.format}"]
-    try:
-        job = ctx.host_job(JobAction.AUDIT, Phase.AUDIT, f"template:{t.pk}", "audit the sealed disks", args,
-                           timeout=settings.VMSEAL_SEAL_TIMEOUT)
-    except runner.JobFailed as e:
-        raise FlowFailed(f"the audit could not read the sealed disks: {e}") from None
-    t.audit = job.result
-    t.save(update_fields=["audit"])
-    failed = [i for i in job.result["items"] if not i["ok"]]
-    if failed:
-        raise FlowFailed("audit found identity left: " + "; ".join(f"{i['item']} ({i['detail']})" for i in failed))
+def _record_seal(t: Template, log_text: str, *, passed: bool) -> None:
+    t.guest_os = sysprep.guest_of(log_text) or t.guest_os
+    t.audit = sysprep.audit_of(log_text, passed)
+    t.save(update_fields=["guest_os", "audit"])
 
 
 def assign_legal_shared(ctx: Context) -> None:
@@ -298,7 +265,6 @@ STEPS = {
     Phase.COPY_DISKS: copy_disks,
     Phase.ASSIGN_ILLEGAL: assign_illegal,
     Phase.SEAL: seal,
-    Phase.AUDIT: audit,
     Phase.ASSIGN_LEGAL_SHARED: assign_legal_shared,
 }
 

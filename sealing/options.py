@@ -15,11 +15,11 @@ import zoneinfo
 from rest_framework import serializers
 
 from hostjobs.transport import parse_host_key
+from sealing.sysprep import REQUIRED_OPERATIONS
 
 HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 OPERATION = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
-CUSTOMIZING = ("hostname", "timezone", "root_password", "ssh_keys", "firstboot_commands")
 
 
 def hash_password(password: str) -> str:
@@ -119,9 +119,11 @@ class SealOptionsSerializer(serializers.Serializer):
         if data.get("remove_user_accounts") and data.get("keep_user_accounts"):
             raise serializers.ValidationError({"keep_user_accounts": ["give remove_user_accounts or "
                                                                       "keep_user_accounts, not both"]})
-        if "customize" in data.get("operations_remove", []) and any(k in data for k in CUSTOMIZING):
-            raise serializers.ValidationError({"operations_remove": ["hostname, timezone, root password, SSH keys "
-                                                                     "and first-boot commands need 'customize'"]})
+        required = sorted(set(data.get("operations_remove", [])) & set(REQUIRED_OPERATIONS))
+        if required:
+            raise serializers.ValidationError({"operations_remove": [
+                f"{required[0]!r} cannot be removed: vmseal's Linux guard and audit run in the "
+                f"{' and '.join(REQUIRED_OPERATIONS)} operations"]})
         return data
 
     def to_stored(self) -> dict:

@@ -3,10 +3,22 @@ repeatable: one ``--format`` + ``-a`` per disk (all the guest's disks in one run
 disk is silently skipped), ``--hostname localhost``, a pinned ``--operations`` list so the result
 does not drift with the host's guestfs-tools version, and ``--truncate /etc/machine-id`` after the
 ``customize`` step (which otherwise writes a fresh random machine-id into the template).
+
+vmseal's Linux-only guard and its audit run inside virt-sysprep's own appliance session, so a seal
+costs one appliance launch (12-60 s each without KVM), not three:
+
+- the ``script`` operation (``hooks/sysprep_script.sh``, on the host, guest FUSE-mounted) refuses
+  non-Linux guests, reports the guest's os-release and scrubs MAC pinning;
+- the last ``customize`` action, ``--run hooks/guest_audit.sh`` (in the guest, after every identity
+  operation but lvm-uuids), checks every item in AUDIT_ITEMS and fails the run if one is left.
+
+So ``script`` and ``customize`` cannot be removed from the operations (sealing.options refuses it).
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 
 # virt-sysprep 1.48's default-enabled operations (`virt-sysprep --list-operations`, marked '*'),
@@ -36,15 +48,28 @@ def operations(options: dict | None = None) -> list[str]:
     return sorted({op for op in ops if op not in removed})
 
 
+# What guest_audit.sh checks, by the names it reports (a unit test keeps the two in step).
+AUDIT_ITEMS = (
+    "machine-id /etc/machine-id", "machine-id /var/lib/dbus/machine-id", "ssh host keys", "persistent net rules",
+    "MAC pinning in network configs", "hostname", "DHCP leases", "log files empty", "shell histories",
+    "random seed", "LVM system.devices",
+)
+REQUIRED_OPERATIONS = ("customize", "script")  # vmseal's guard and audit run there
+AUDIT_HOSTNAME_FILE = "/tmp/vmseal-audit-hostname"
+CUSTOMIZE_LOG = "/tmp/builder.log"  # where virt-customize's --run writes its output, in the guest
+
+
 def build_command(
     disks: Sequence[tuple[str, str]],
     options: dict | None = None,
     *,
-    scrub_script: str | None = None,
+    script: str | None = None,
+    audit_script: str | None = None,
     verbose: bool = False,
 ) -> list[str]:
     """argv for one virt-sysprep run over ``disks`` = [(path, format), ...] with validated ``options``
-    (sealing.options). ``scrub_script`` is a host path run by the ``script`` operation."""
+    (sealing.options). ``script`` is a host path run by the ``script`` operation (vmseal's guard and
+    MAC scrub); ``audit_script`` a host path run in the guest as the last customize action."""
     if not disks:
         raise ValueError("virt-sysprep needs at least one disk")
     options = options or {}
@@ -69,12 +94,15 @@ def build_command(
         argv += ["--truncate", "/etc/machine-id"]
         for path in DELETE_AFTER_CUSTOMIZE:
             argv += ["--delete", path]
+        if audit_script:
+            argv += ["--write", f"{AUDIT_HOSTNAME_FILE}:{options.get('hostname', 'localhost')}",
+                     "--run", audit_script, "--delete", AUDIT_HOSTNAME_FILE, "--delete", CUSTOMIZE_LOG]
     if options.get("remove_user_accounts"):
         argv += ["--remove-user-accounts", ",".join(options["remove_user_accounts"])]
     if options.get("keep_user_accounts"):
         argv += ["--keep-user-accounts", ",".join(options["keep_user_accounts"])]
-    if scrub_script and "script" in ops:
-        argv += ["--script", scrub_script]
+    if script and "script" in ops:
+        argv += ["--script", script]
     return argv
 
 
@@ -94,6 +122,58 @@ def progress_of(line: str, operations: Sequence[str] = DEFAULT_OPERATIONS) -> in
         op = line.split('Performing "', 1)[1].split('"', 1)[0]
         if op in operations:
             return 10 + int(85 * (list(operations).index(op) + 1) / len(operations))
+    return None
+
+
+AUDIT_LINE = re.compile(r"^vmseal-audit (ok|FAIL) (.+?):(?: (.*))?$")
+
+
+def guest_of(log: str) -> str:
+    """What the guard script reported about the guest ("Debian GNU/Linux 12 (bookworm) (debian 12)")."""
+    for line in log.splitlines():
+        if line.startswith("vmseal-guest "):
+            try:
+                g = json.loads(line.split(" ", 1)[1])
+            except ValueError:
+                continue
+            name = g.get("pretty_name") or g.get("id") or "Linux"
+            return f"{name} ({g.get('id', '?')} {g.get('version_id', '?')})"[:255]
+    return ""
+
+
+def audit_of(log: str, passed: bool) -> dict:
+    """The audit report: the FAIL/ok lines the audit printed (virt-sysprep shows them when it fails),
+    or, when virt-sysprep succeeded, every item of AUDIT_ITEMS passed (the run succeeds only then)."""
+    items = []
+    for line in log.splitlines():
+        m = AUDIT_LINE.match(line.strip())
+        if m:
+            items.append({"item": m.group(2), "ok": m.group(1) == "ok", "detail": (m.group(3) or "").strip()})
+    if not items and passed:
+        items = [{"item": name, "ok": True, "detail": ""} for name in AUDIT_ITEMS]
+    if not items:
+        return {}
+    return {"passed": all(i["ok"] for i in items), "items": items, "in_session": True}
+
+
+REFUSALS = (  # virt-sysprep's own refusals of guests it cannot seal, in vmseal's words
+    ("no operating systems were found", "no operating system was recognised on the VM's disks"),
+    ("multi-boot operating systems are not supported", "several operating systems found on the VM's disks"),
+    ("multiboot operating systems are not supported", "several operating systems found on the VM's disks"),
+    ("Enter key or passphrase", "the VM's disks are encrypted: vmseal cannot seal encrypted guests"),
+    ("architecture are not compatible", "the guest's architecture differs from the host's: "
+                                        "vmseal's audit cannot run in it"),
+)
+
+
+def refusal_of(log: str) -> str | None:
+    """Why the guest itself was refused (not Linux, no OS, several, encrypted), or None."""
+    for line in log.splitlines():
+        if line.startswith("vmseal-refused: "):
+            return line.split(": ", 1)[1].strip()
+    for needle, message in REFUSALS:
+        if needle in log:
+            return message + ": only one unencrypted Linux guest can be sealed"
     return None
 
 

@@ -1,9 +1,9 @@
 """End to end on a real test host: API -> django-q2 cluster -> SSH/libvirt -> qemu-img + virt-sysprep
 on the host -> disks read back with libguestfs.
 
-The expensive part (four template operations, three of which boot a libguestfs appliance, then one
-appliance launch to read every sealed disk) runs once per module, with the operations overlapping as
-they would for real users; each test then asserts one property of that shared run.
+The expensive part (eight template operations, seven of which boot a libguestfs appliance once each,
+then one appliance launch to read every sealed disk) runs once per module, with the operations
+overlapping as they would for real users; each test then asserts one property of that shared run.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def run(test_host, qcluster, django_db_blocker):
             "keys": {"name": "tpl-keys", "vm": "gold1", "seal": True,
                      "seal_options": {"operations_remove": ["ssh-hostkeys"]}},
             "custom": {"name": "tpl-custom", "vm": "gold1", "seal": True, "seal_options": CUSTOM},
-            # inspection passes, then virt-sysprep itself fails: the guest has no user "ghost"
+            # a Linux guest, but virt-sysprep itself fails: the guest has no user "ghost"
             "sealfail": {"name": "tpl-sealfail", "vm": "gold0", "seal": True,
                          "seal_options": {"ssh_keys": [{"user": "ghost", "key": INJECTED}]}},
         }
@@ -161,16 +161,19 @@ def test_job_tree_has_storage_jobs_per_volume_and_one_virt_job(run):
     for c in children:
         by_action.setdefault(c["action"], []).append(c)
         assert c["status"] == "done", c
-        assert c["kind"] == ("virt" if c["action"] in ("inspect", "seal", "audit") else "storage")
+        assert c["kind"] == ("virt" if c["action"] == "seal" else "storage")
+    assert set(by_action) == {"copy", "update_volume", "seal"}
     assert len(by_action["copy"]) == 2
-    assert len(by_action["seal"]) == 1  # one virt-sysprep run over all disks
+    assert len(by_action["seal"]) == 1  # one virt-sysprep run over all disks: guard and audit inside it
     assert len(by_action["update_volume"]) == 4  # ILLEGAL x2, then LEGAL+SHARED x2
-    assert len(by_action["inspect"]) == 1  # before anything was copied
-    assert len(by_action["audit"]) == 1  # after the seal, before LEGAL+SHARED
     seal_log = run["api"].get(f"/api/jobs/{by_action['seal'][0]['id']}/").json()["log"]
     assert "virt-sysprep" in seal_log
     assert seal_log.count(" -a ") == 2
+    assert seal_log.count("Examining the guest") == 1, "one appliance launch"
     assert 'Performing "ssh-hostkeys"' in seal_log
+    assert seal_log.index('Performing "script"') < seal_log.index("vmseal-guest ") < seal_log.index(
+        "Running: ") , "guard in the script operation, audit as the last customize action"
+    assert seal_log.rindex("guest_audit.sh") > seal_log.rindex('Performing "udev-persistent-net"')
 
 
 def test_volumes_are_legal_shared_generation_advanced_and_read_only(run):
@@ -258,14 +261,20 @@ def test_read_endpoints_conform_to_the_schema(run, callback_server):
     assert len(checked) == 9, checked
 
 
-def test_a_disk_without_an_os_is_refused_before_anything_is_copied(run):
+def test_a_disk_without_a_linux_guest_is_refused_and_nothing_is_left(run):
     for key, why in (("blank", "no operating system was recognised"), ("win", "no operating system was recognised")):
         job = run["jobs"][key]
         assert job["status"] == "failed", key
-        assert job["error"].startswith("CREATE_TEMPLATE failed: "), job["error"]
+        assert job["error"].startswith("SEAL failed: "), job["error"]
         assert why in job["error"]
-        assert "only Linux guests can be sealed" in job["error"]
-        assert [c["action"] for c in job["children"]] == ["inspect"], "no volume was created"
+        assert "only one unencrypted Linux guest can be sealed" in job["error"]
+        assert job["error_code"] == "guest_refused"
+        actions = [c["action"] for c in job["children"]]
+        assert actions.count("seal") == 1
+        assert "update_volume" in actions, "the copy was ILLEGAL before virt-sysprep touched it"
+        assert [c["step"] for c in job["children"] if c["action"] == "update_volume"] == ["ASSIGN_ILLEGAL"], \
+            "nothing was ever made LEGAL"
+        assert all(c["status"] == "done" for c in job["children"] if c["action"] == "delete")
         assert run["templates"][key].status_code == 404
 
 
@@ -316,7 +325,7 @@ def test_every_audited_item_is_gone_when_read_independently(run):
 def test_an_operations_list_that_keeps_ssh_keys_fails_the_audit(run):
     job = run["jobs"]["keys"]
     assert job["status"] == "failed"
-    assert job["error"].startswith("AUDIT failed: audit found identity left: ssh host keys"), job["error"]
+    assert job["error"].startswith("SEAL failed: audit found identity left: ssh host keys"), job["error"]
     assert "/etc/ssh/ssh_host_ed25519_key" in job["error"]
     assert run["templates"]["keys"].status_code == 404
     updates = [c for c in job["children"] if c["action"] == "update_volume"]

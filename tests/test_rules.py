@@ -1,5 +1,8 @@
 """Pure logic: volume rules, job transitions, the virt-sysprep command, phases, parsing."""
 
+import os
+import shutil
+
 import pytest
 
 from hostjobs.transport import parse_host_key
@@ -88,7 +91,7 @@ def test_phases_with_and_without_seal():
             p = next_phase(p, seal)
         return seen
 
-    assert walk(True) == ["CREATE_TEMPLATE", "COPY_DISKS", "ASSIGN_ILLEGAL", "SEAL", "AUDIT", "ASSIGN_LEGAL_SHARED"]
+    assert walk(True) == ["CREATE_TEMPLATE", "COPY_DISKS", "ASSIGN_ILLEGAL", "SEAL", "ASSIGN_LEGAL_SHARED"]
     assert walk(False) == ["CREATE_TEMPLATE", "COPY_DISKS", "ASSIGN_LEGAL_SHARED"]
 
 
@@ -149,7 +152,8 @@ def test_seal_options_become_single_argv_elements():
             "ssh_keys": [{"user": "alice", "key": "ssh-ed25519 K c"}],
             "firstboot_commands": ["echo 'a b' ; rm -rf / $(x)"], "root_password_hash": "$6$salt$hash/x.",
             "operations_add": ["user-account"], "operations_remove": ["logfiles"], "remove_user_accounts": ["bob"]}
-    argv = sysprep.build_command([("/p/a.qcow2", "qcow2")], opts, scrub_script="/lib/scrub_mac.sh")
+    argv = sysprep.build_command([("/p/a.qcow2", "qcow2")], opts, script="/lib/sysprep_script.sh",
+                                 audit_script="/lib/guest_audit.sh")
     ops = argv[argv.index("--operations") + 1].split(",")
     assert "logfiles" not in ops
     assert "user-account" in ops
@@ -159,13 +163,12 @@ def test_seal_options_become_single_argv_elements():
     assert argv[argv.index("--firstboot-command") + 1] == "echo 'a b' ; rm -rf / $(x)", "passed as is, one element"
     assert argv[argv.index("--edit") + 1] == "/etc/shadow:s{^root:[^:]*:}{root:\\$6\\$salt\\$hash/x.:}"
     assert argv[argv.index("--remove-user-accounts") + 1] == "bob"
-    assert argv[argv.index("--script") + 1] == "/lib/scrub_mac.sh"
-
-
-def test_without_customize_no_customize_options_are_passed():
-    argv = sysprep.build_command([("/p/a.qcow2", "qcow2")], {"operations_remove": ["customize"]})
-    assert "--hostname" not in argv
-    assert "--truncate" not in argv
+    assert argv[argv.index("--script") + 1] == "/lib/sysprep_script.sh"
+    # the audit is the last customize action but the clean-up of its own traces
+    i = argv.index("--run")
+    assert argv[i - 2:i + 2] == ["--write", "/tmp/vmseal-audit-hostname:web-01", "--run", "/lib/guest_audit.sh"]
+    assert argv[argv.index("--run") + 1:].count("--delete") == 2
+    assert argv.index("--run") > max(i for i, a in enumerate(argv) if a in ("--truncate", "--edit", "--hostname"))
 
 
 def _opts(data):
@@ -190,7 +193,8 @@ def _opts(data):
         ({"operations_add": ["$(reboot)"]}, "operations_add"),
         ({"operations_add": ["logfiles"], "operations_remove": ["logfiles"]}, "operations_remove"),
         ({"remove_user_accounts": ["a"], "keep_user_accounts": ["b"]}, "keep_user_accounts"),
-        ({"operations_remove": ["customize"], "hostname": "x"}, "operations_remove"),
+        ({"operations_remove": ["customize"]}, "operations_remove"),
+        ({"operations_remove": ["script"]}, "operations_remove"),
         ({"remove_user_accounts": ["../x"]}, "remove_user_accounts"),
     ],
 )
@@ -223,28 +227,119 @@ def test_operation_names_are_checked_against_the_hosts_list():
         check_operations({"operations_remove": ["nope"]}, {"logfiles": True})
 
 
+SEAL_OK_LOG = """$ virt-sysprep --format qcow2 -a /p/a.qcow2
+[   0.0] Examining the guest ...
+[  43.4] Performing "script" ...
+vmseal-guest {"id": "debian", "version_id": "12", "pretty_name": "Debian GNU/Linux 12 (bookworm)"}
+[  45.1] Performing "customize" ...
+[  64.8] Running: /var/lib/vmseal/lib/x/guest_audit.sh
+"""
+
+
+def test_the_guest_and_a_passed_audit_are_read_from_the_seal_log():
+    assert sysprep.guest_of(SEAL_OK_LOG) == "Debian GNU/Linux 12 (bookworm) (debian 12)"
+    audit = sysprep.audit_of(SEAL_OK_LOG, passed=True)
+    assert audit["passed"] is True
+    assert [i["item"] for i in audit["items"]] == list(sysprep.AUDIT_ITEMS)
+    assert sysprep.refusal_of(SEAL_OK_LOG) is None
+
+
+def test_a_failed_audit_keeps_each_items_detail():
+    log = SEAL_OK_LOG + ("vmseal-audit ok ssh host keys: \n"
+                         "vmseal-audit FAIL MAC pinning in network configs: /etc/network/interfaces\n"
+                         "virt-sysprep: error: /x/guest_audit.sh: command exited with an error\n")
+    audit = sysprep.audit_of(log, passed=False)
+    assert audit["passed"] is False
+    assert audit["items"] == [{"item": "ssh host keys", "ok": True, "detail": ""},
+                              {"item": "MAC pinning in network configs", "ok": False,
+                               "detail": "/etc/network/interfaces"}]
+    assert sysprep.audit_of("virt-sysprep: error: disk locked\n", passed=False) == {}
+
+
 @pytest.mark.parametrize(
-    ("found", "message"),
+    ("log", "message"),
     [
-        ({"roots": [], "encrypted": []}, "no operating system was recognised"),
-        ({"roots": [], "encrypted": ["/dev/sda2"]}, "encrypted disk(s) /dev/sda2"),
-        ({"roots": [{"type": "windows", "product": "Windows Server 2019", "distro": "windows", "major": 10,
-                     "arch": "x86_64"}], "encrypted": []}, "the guest is windows (Windows Server 2019)"),
-        ({"roots": [{"type": "linux", "product": "a"}, {"type": "linux", "product": "b"}], "encrypted": []},
-         "2 operating systems"),
+        ("vmseal-refused: the guest is Windows: virt-sysprep seals Linux guests only\nvirt-sysprep: error: ...",
+         "the guest is Windows"),
+        ("virt-sysprep: error: no operating systems were found in the guest image",
+         "no operating system was recognised"),
+        ("virt-sysprep: error: multi-boot operating systems are not supported", "several operating systems"),
+        ('Enter key or passphrase ("/dev/sda2"): virt-sysprep: error: ...', "encrypted"),
     ],
 )
-def test_linux_guard_refusals(found, message):
-    from sealing.flow import GuestRefused, linux_guard
-
-    with pytest.raises(GuestRefused) as e:
-        linux_guard(found)
-    assert message in str(e.value)
+def test_guest_refusals_are_told_in_vmseals_words(log, message):
+    assert message in sysprep.refusal_of(log)
 
 
-def test_linux_guard_accepts_one_linux_guest():
-    from sealing.flow import linux_guard
+def _run_script(script, guest, *argv, chroot=False):
+    import subprocess
+    from pathlib import Path
 
-    found = {"roots": [{"type": "linux", "product": "Debian 12", "distro": "debian", "major": 12, "arch": "x86_64"}],
-             "encrypted": []}
-    assert linux_guard(found) == "Debian 12 (debian 12, x86_64)"
+    path = Path(__file__).resolve().parent.parent / "hooks" / script
+    if chroot:
+        (guest / "tmp").mkdir(exist_ok=True)
+        shutil.copy(path, guest / "tmp" / script)
+        return subprocess.run(["chroot", str(guest), "/bin/sh", f"/tmp/{script}"], capture_output=True, text=True)
+    return subprocess.run(["sh", str(path), *argv], cwd=guest, capture_output=True, text=True)
+
+
+@pytest.fixture
+def guest_tree(tmp_path):
+    """A guest's files as guestdisk.py plants them (every identity item present), as a directory."""
+    from tests.fixtures.hostjobs import guestdisk
+
+    root = tmp_path / "guest"
+    guestdisk._write_root(root, {**guestdisk.BASE_FILES, **guestdisk.IDENTITY, "/etc/fstab": ""})
+    return root
+
+
+def test_the_guard_script_accepts_linux_and_scrubs_mac_pinning(guest_tree):
+    p = _run_script("sysprep_script.sh", guest_tree)
+    assert p.returncode == 0, p.stderr
+    assert sysprep.guest_of(p.stdout) == "Debian GNU/Linux 12 (bookworm) (debian 12)"
+    assert "hwaddress" not in (guest_tree / "etc/network/interfaces").read_text()
+    nm = (guest_tree / "etc/NetworkManager/system-connections/eth0.nmconnection").read_text()
+    assert "mac-address" not in nm
+    assert "[connection]" in nm
+
+
+def test_the_guard_script_refuses_windows_and_unknown_systems(tmp_path):
+    win = tmp_path / "win"
+    (win / "Windows/System32").mkdir(parents=True)
+    p = _run_script("sysprep_script.sh", win)
+    assert p.returncode == 1
+    assert sysprep.refusal_of(p.stderr).startswith("the guest is Windows")
+    other = tmp_path / "other"
+    (other / "etc").mkdir(parents=True)
+    p = _run_script("sysprep_script.sh", other)
+    assert p.returncode == 1
+    assert "no Linux system found" in sysprep.refusal_of(p.stderr)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
+def test_the_audit_script_fails_every_planted_item_and_passes_a_clean_guest(guest_tree):
+    p = _run_script("guest_audit.sh", guest_tree, chroot=True)
+    assert p.returncode == 1, p.stdout + p.stderr
+    audit = sysprep.audit_of(p.stdout, passed=False)
+    assert [i["item"] for i in audit["items"]] == list(sysprep.AUDIT_ITEMS), "the script and AUDIT_ITEMS agree"
+    failed = {i["item"] for i in audit["items"] if not i["ok"]}
+    assert failed == set(sysprep.AUDIT_ITEMS), audit  # every item was planted
+    # what a seal leaves: identity removed, machine-id emptied, the host name set
+    for rel in ("etc/ssh/ssh_host_ed25519_key", "etc/ssh/ssh_host_ed25519_key.pub", "etc/ssh/ssh_host_rsa_key",
+                "etc/ssh/ssh_host_rsa_key.pub", "etc/udev/rules.d/70-persistent-net.rules", "root/.bash_history",
+                "home/alice/.bash_history", "var/lib/dhcp/dhclient.eth0.leases", "var/lib/systemd/random-seed",
+                "etc/lvm/devices/system.devices", "etc/NetworkManager/system-connections/eth0.nmconnection",
+                "etc/network/interfaces"):
+        (guest_tree / rel).unlink()
+    for rel in ("etc/machine-id", "var/lib/dbus/machine-id", "var/log/syslog", "var/log/auth.log",
+                "var/log/messages", "var/log/wtmp", "var/log/lastlog"):
+        (guest_tree / rel).write_text("")
+    (guest_tree / "etc/hostname").write_text("web-01\n")
+    (guest_tree / "tmp/vmseal-audit-hostname").write_text("web-01")
+    p = _run_script("guest_audit.sh", guest_tree, chroot=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert sysprep.audit_of(p.stdout, passed=True)["passed"] is True
+    (guest_tree / "tmp/vmseal-audit-hostname").write_text("other")
+    p = _run_script("guest_audit.sh", guest_tree, chroot=True)
+    assert p.returncode == 1
+    assert "vmseal-audit FAIL hostname: /etc/hostname is 'web-01', expected 'other'" in p.stdout

@@ -1,0 +1,74 @@
+#!/bin/sh
+# vmseal's post-seal audit. virt-sysprep's customize step runs it (--run) last, inside the same
+# appliance session as the seal (no extra launch), in the guest (chroot), after every identity
+# operation (only lvm-uuids runs later). POSIX sh and common tools only. One line per item:
+#   vmseal-audit <ok|FAIL> <item>: <detail>
+# Exits 1 if any item failed: virt-sysprep then fails and prints these lines. The expected host
+# name is in /tmp/vmseal-audit-hostname (written by --write just before).
+HOSTNAME_WANTED=$(cat /tmp/vmseal-audit-hostname 2>/dev/null)
+HOSTNAME_WANTED="${HOSTNAME_WANTED:-localhost}"
+failed=0
+report() { # ok|FAIL item detail
+  echo "vmseal-audit $1 $2: $3"
+  [ "$1" = ok ] || failed=1
+}
+found=""
+add() { found="${found:+$found, }$1"; }
+check_empty() { # item
+  if [ -z "$found" ]; then report ok "$1" ""; else report FAIL "$1" "$found"; fi
+  found=""
+}
+for p in /etc/machine-id /var/lib/dbus/machine-id; do
+  if [ -L "$p" ] || [ ! -f "$p" ]; then report ok "machine-id $p" "absent or a link"; continue; fi
+  c=$(head -c 100 "$p" | tr -d ' \n')
+  case "$c" in ""|uninitialized) report ok "machine-id $p" "empty";; *) report FAIL "machine-id $p" "content '$c'";; esac
+done
+for f in /etc/ssh/ssh_host_*; do [ -f "$f" ] && add "$f"; done
+check_empty "ssh host keys"
+for f in /etc/udev/rules.d/70-persistent-net.rules /etc/udev/rules.d/75-persistent-net-generator.rules; do
+  [ -f "$f" ] && add "$f"
+done
+check_empty "persistent net rules"
+MAC='([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}'
+pinned() { # key-regex files...
+  key="$1"; shift
+  for f in "$@"; do
+    [ -f "$f" ] && grep -Eq "$key" "$f" && grep -Eq "$MAC" "$f" && add "$f"
+  done
+}
+pinned '^[[:space:]]*(HWADDR|MACADDR)[[:space:]]*=' /etc/sysconfig/network-scripts/ifcfg-*
+pinned '^[[:space:]]*(cloned-)?mac-address[[:space:]]*=' /etc/NetworkManager/system-connections/*
+pinned '^[[:space:]]*hwaddress([[:space:]]|$)' /etc/network/interfaces /etc/network/interfaces.d/*
+pinned '^[[:space:]]*macaddress[[:space:]]*:' /etc/netplan/*
+pinned '^[[:space:]]*MACAddress[[:space:]]*=' /etc/systemd/network/*
+check_empty "MAC pinning in network configs"
+h=""
+[ -f /etc/hostname ] && h=$(tr -d ' \n' < /etc/hostname)
+case "$h" in ""|"$HOSTNAME_WANTED") report ok hostname "$h";;
+  *) report FAIL hostname "/etc/hostname is '$h', expected '$HOSTNAME_WANTED'";; esac
+for f in /var/lib/dhcp/* /var/lib/dhclient/* /var/lib/NetworkManager/*.lease /var/lib/systemd/netif/leases/* \
+         /var/lib/dhcpcd/*; do
+  [ -f "$f" ] && add "$f"
+done
+check_empty "DHCP leases"
+if [ -d /var/log ]; then
+  n=0
+  old_ifs=$IFS
+  IFS='
+'
+  for f in $(find /var/log -type f 2>/dev/null); do
+    if [ -s "$f" ] && [ $n -lt 20 ]; then add "$f"; n=$((n + 1)); fi
+  done
+  IFS=$old_ifs
+fi
+check_empty "log files empty"
+for home in /root /home/*; do
+  [ -d "$home" ] || continue
+  for f in "$home"/.*history "$home"/.lesshst; do [ -f "$f" ] && add "$f"; done
+done
+check_empty "shell histories"
+for f in /var/lib/systemd/random-seed /var/lib/random-seed /var/lib/urandom/random-seed; do [ -f "$f" ] && add "$f"; done
+check_empty "random seed"
+[ -f /etc/lvm/devices/system.devices ] && add /etc/lvm/devices/system.devices
+check_empty "LVM system.devices"
+exit $failed
