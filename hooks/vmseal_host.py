@@ -171,6 +171,7 @@ def cmd_run(a):
 
 # -- host jobs ------------------------------------------------------------------------------------------
 JOBS_DIR = os.environ.get("VMSEAL_JOBS_DIR", "/var/lib/vmseal/jobs")
+PUSH_LOG_MAX = 48 * 1024  # the app takes callback bodies up to 64 KiB
 TERMINAL = ("done", "failed", "aborted")
 
 
@@ -307,8 +308,18 @@ def cmd_job_exec(a):
         error = (result or {}).get("message") or f"exit status {rc}"
     st = update_state(d, status=status, exit_code=rc, result=result, error=error, ended=time.time(), progress=100
                       if status == "done" else st.get("progress", 0))
-    notify(spec, {"kind": "job", "job": a.id, "host": spec.get("host"), "status": status, "exit_code": rc,
-                  "error": error, "result": result})
+    payload = {"kind": "job", "job": a.id, "host": spec.get("host"), "status": status, "exit_code": rc,
+               "error": error, "result": result}
+    # A done job with a short log pushes its whole log: once the app has taken it (2xx), nothing is left
+    # to fetch, and the job's directory goes at once (no poll for the tail, no clear round trip).
+    log_path = os.path.join(d, "log")
+    complete = status == "done" and os.path.getsize(log_path) <= PUSH_LOG_MAX
+    if complete:
+        with open(log_path, "rb") as f:
+            data = f.read()
+        payload.update(log=data.decode("utf-8", "replace"), log_offset=len(data), log_complete=True)
+    if notify(spec, payload) and complete:
+        remove_job_dir(d)
     return {"_exit": 0, "status": status}
 
 
@@ -346,6 +357,8 @@ def cmd_job_status(a):
 
 def cmd_job_abort(a):
     d = job_dir(a.id)
+    if not os.path.isfile(os.path.join(d, "state.json")):
+        raise Refused("no_such_job", f"this host has no job {a.id} (ended and cleared, or never started)")
     st = observed(d)
     if st["status"] in TERMINAL:
         raise Refused("job_terminal", f"job {a.id} is {st['status']}: it cannot be aborted")
@@ -369,15 +382,30 @@ def cmd_job_abort(a):
     return observed(d)
 
 
+def remove_job_dir(d):
+    """Remove a job's directory; tolerant of a concurrent removal (the runner's own and a job-clear)."""
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return
+    for name in names:
+        try:
+            os.unlink(os.path.join(d, name))
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(d)
+    except FileNotFoundError:
+        pass
+
+
 def cmd_job_clear(a):
     d = job_dir(a.id)
     if not os.path.isdir(d):
         return {"id": a.id, "cleared": False}
     if observed(d)["status"] not in TERMINAL:
         raise Refused("job_running", f"job {a.id} is not terminal: it cannot be cleared")
-    for name in os.listdir(d):
-        os.unlink(os.path.join(d, name))
-    os.rmdir(d)
+    remove_job_dir(d)
     return {"id": a.id, "cleared": True}
 
 

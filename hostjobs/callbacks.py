@@ -74,7 +74,8 @@ def callback(request):
             job = HostJob.objects.select_related("host").get(pk=payload.get("job"), host=host)
         except (HostJob.DoesNotExist, ValueError, TypeError, Exception):
             return _refuse(404, "no such job on this host")
-        runner.apply_state(job, {k: payload.get(k) for k in ("status", "error", "exit_code", "result")})
+        runner.apply_state(job, {k: payload.get(k) for k in ("status", "error", "exit_code", "result", "log",
+                                                             "log_offset", "log_complete") if k in payload})
         return JsonResponse({"ok": True, "status": HostJob.objects.get(pk=job.pk).status})
     if kind in ("domain", "daemon"):
         log.info("host %s: %s event %s", host, kind, {k: payload.get(k) for k in ("domain", "op", "subop")})

@@ -134,6 +134,7 @@ class HostJob(models.Model):
     result = models.JSONField(null=True, blank=True)
     log_offset = models.BigIntegerField(default=0, help_text="bytes of the host-side log already copied")
     last_seen = models.DateTimeField(null=True, blank=True, help_text="when the host last reported on this job")
+    host_cleared = models.BooleanField(default=False, help_text="the host pushed the whole log and removed the job")
     log = models.TextField(blank=True, default="")
     error = models.TextField(blank=True, default="")
     error_code = models.CharField(max_length=64, blank=True, default="")

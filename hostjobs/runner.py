@@ -70,7 +70,11 @@ def apply_state(job: HostJob, state: dict, progress_of: Callable[[str], int | No
     now = timezone.now()
     fields = {"last_seen": now}
     chunk = state.get("log")
-    if chunk is not None and state.get("log_offset", 0) > job.log_offset:
+    if state.get("log_complete") and state.get("status") == "done" and isinstance(chunk, str):
+        # a pushed end with the whole log: the host removes the job's directory once we answer
+        job.log, job.log_offset, job.host_cleared = chunk[-LOG_LIMIT:], int(state.get("log_offset") or 0), True
+        fields.update(log=job.log, log_offset=job.log_offset, host_cleared=True)
+    elif chunk is not None and state.get("log_offset", 0) > job.log_offset:
         job.log = (job.log + chunk)[-LOG_LIMIT:]
         job.log_offset = state["log_offset"]
         fields.update(log=job.log, log_offset=job.log_offset)
@@ -200,13 +204,16 @@ def run(host, action, args: list[str], *, parent: HostJob, step: str, target: st
                 raise
         wait(job, progress_of=progress_of, heartbeat=heartbeat, should_abort=should_abort,
              restart=lambda: start(job, args))
-        try:
-            poll(job, progress_of)  # the log's tail: a pushed end carries no log
-        except HostError:
-            pass
         job.refresh_from_db()
+        if not job.host_cleared:
+            try:
+                poll(job, progress_of)  # the log's tail: only a done job's push carries its whole log
+            except HostError:
+                pass
+            job.refresh_from_db()
     if job.status == JobStatus.DONE:
-        clear(job)
+        if not job.host_cleared:
+            clear(job)
         return job
     if job.status == JobStatus.ABORTED:
         raise JobAborted(job.error or "aborted")

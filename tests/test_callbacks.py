@@ -55,6 +55,22 @@ def test_a_signed_notification_completes_the_job_once(client, hosts, running_job
     assert status(running_job) == "done"
 
 
+def test_a_pushed_end_with_the_whole_log_replaces_the_log_and_marks_the_host_cleared(client, hosts, running_job):
+    a = hosts[0]
+    HostJob.objects.filter(pk=running_job.pk).update(log="partial\n", log_offset=8)
+    r = post(client, {**done(running_job, a), "log": "partial\nwhole log\n", "log_offset": 18,
+                      "log_complete": True}, a.callback_secret)
+    assert r.status_code == 200
+    job = HostJob.objects.get(pk=running_job.pk)
+    assert (job.status, job.log, job.log_offset, job.host_cleared) == ("done", "partial\nwhole log\n", 18, True)
+    other = HostJob.create(a, JobAction.COPY)
+    other.start()
+    r = post(client, {**done(other, a), "status": "failed", "log": "x", "log_offset": 1, "log_complete": True},
+             a.callback_secret)
+    assert r.status_code == 200
+    assert HostJob.objects.get(pk=other.pk).host_cleared is False, "only a done job's log is taken as complete"
+
+
 @pytest.mark.parametrize("forge", ["unsigned", "wrong_secret", "tampered_body", "stale", "future"])
 def test_forged_notifications_are_refused_and_change_nothing(client, hosts, running_job, forge):
     a = hosts[0]

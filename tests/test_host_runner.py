@@ -118,3 +118,77 @@ def test_an_unknown_job_is_a_clear_refusal(host_lib):
     rc, st = call("job-status", "--id", "../../etc")
     assert rc == 3
     assert st["error"] == "bad_job_id"
+
+
+@pytest.fixture
+def receiver():
+    """A real HTTP endpoint standing in for the app's callback URL: records bodies, answers ``status``."""
+    import http.server
+    import threading
+
+    got, answer = [], {"status": 200}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(answer["status"])
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_port}/api/callbacks/", got, answer
+    finally:
+        srv.shutdown()
+
+
+def _start_with_callback(call, url, *argv):
+    job = str(uuid.uuid4())
+    rc, _ = call("job-start", "--id", job, stdin=json.dumps({"args": ["run", "--", *argv], "host": 1,
+                                                               "callback_url": url, "secret": "s3cret"}))
+    assert rc == 0
+    return job
+
+
+def _wait_pushed(got, n, timeout=20):
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(got) >= n, "no notification arrived"
+
+
+def test_a_done_job_pushes_its_whole_log_and_removes_itself_once_taken(host_lib, receiver):
+    call, jobs = host_lib
+    url, got, _ = receiver
+    job = _start_with_callback(call, url, "sh", "-c", "echo first; echo last")
+    _wait_pushed(got, 1)
+    body = got[0]
+    assert (body["job"], body["status"], body["log_complete"]) == (job, "done", True)
+    assert "first" in body["log"]
+    assert "last" in body["log"]
+    assert body["log_offset"] == len(body["log"].encode())
+    deadline = time.monotonic() + 5
+    while (jobs / job).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not (jobs / job).exists(), "nothing left to fetch or clear"
+    rc, st = call("job-status", "--id", job)
+    assert (rc, st["error"]) == (3, "no_such_job")
+
+
+def test_a_push_not_taken_or_a_failed_job_leaves_the_job_for_the_poller(host_lib, receiver):
+    call, jobs = host_lib
+    url, got, answer = receiver
+    failed = _start_with_callback(call, url, "sh", "-c", "echo bad; exit 2")
+    _wait_pushed(got, 1)
+    assert got[0]["status"] == "failed"
+    assert "log" not in got[0], "only a done job's push carries its log"
+    answer["status"] = 500  # the app did not take it: three tries, then the poller's turn
+    done = _start_with_callback(call, url, "true")
+    _wait_pushed(got, 4)
+    time.sleep(0.5)
+    for job, status in ((failed, "failed"), (done, "done")):
+        rc, st = call("job-status", "--id", job)
+        assert (rc, st["status"]) == (0, status), "kept on the host until polled and cleared"
