@@ -1,8 +1,9 @@
 """vmseal vs doing it by hand, on one test host, alternated.
 
-vmseal run: POST /api/templates/ (seal=true) for a stopped 2-disk VM, through a real qcluster, until the
-operation job is terminal. Raw run: on the same host, `qemu-img convert` of each disk, then one
-`virt-sysprep` with the same argv vmseal uses (sealing.sysprep.build_command). Prints each run, then
+vmseal run: POST /api/templates/ (seal=true) for a stopped 2-disk VM, through a real qcluster, with the
+host pushing job ends to a real web process (gunicorn), until the operation job is terminal. Raw run: on
+the same host, `qemu-img convert` of each disk, then one `virt-sysprep` with the same argv vmseal uses
+(sealing.sysprep.build_command, without vmseal's guard and audit). Prints each run, then
 `orchestration_s=<median vmseal wall - median time inside host commands>` and, last,
 `overhead_ratio=<median vmseal wall / median raw wall>`.
 
@@ -12,7 +13,6 @@ operation job is terminal. Raw run: on the same host, `qemu-img convert` of each
 import argparse
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "var" / "bench"
 shutil.rmtree(DATA, ignore_errors=True)
 os.environ["VMSEAL_DATA_DIR"] = str(DATA)
+PORT = 8797
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vmseal.settings")
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
@@ -31,7 +32,7 @@ import django  # noqa: E402
 django.setup()
 
 import guestdisk  # noqa: E402
-from _common import TESTHOSTS, fresh_host, remove_host  # noqa: E402
+from _common import TESTHOSTS, fresh_host, gunicorn, qcluster, remove_host, stop, wait_http  # noqa: E402
 from django.contrib.auth.models import User  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from rest_framework.test import APIClient  # noqa: E402
@@ -83,8 +84,12 @@ def main():
     args = ap.parse_args()
     call_command("migrate", verbosity=0)
     info = fresh_host(HOST)
-    qc = None
+    qc = web = None
     try:
+        callback = f"http://{info['bridge_address']}:{PORT}/api/callbacks/"
+        env = {**os.environ, "VMSEAL_Q_WORKERS": "2", "VMSEAL_CALLBACK_URL": callback,
+               "VMSEAL_ALLOWED_HOSTS": f"{info['bridge_address']},localhost"}
+        web = gunicorn(f"{info['bridge_address']}:{PORT}", env=env)
         images = Path(info["root"]) / "lib-libvirt" / "images"
         disks = ["/var/lib/libvirt/images/" + p.name for p in guestdisk.build(images, "two", "bench2")]
         (images / "bench2.xml").write_text(guestdisk.domain_xml("bench2", disks))
@@ -93,9 +98,8 @@ def main():
                                    guestfs_backend_settings="force_tcg")
         api = APIClient()
         api.force_authenticate(User.objects.create_superuser("bench", "b@x", "bench-pass-1"))
-        qc = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "qcluster"], cwd=ROOT,
-                              env={**os.environ, "VMSEAL_Q_WORKERS": "2"}, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        qc = qcluster(env)
+        wait_http(callback)
         # warm the appliance cache and the SSH connection once, outside the measurement (the cluster
         # starts meanwhile)
         raw_run(disks, "warm")
@@ -120,12 +124,8 @@ def main():
         print(f"orchestration_s={med_vm - med_inside:.2f}")
         print(f"overhead_ratio={med_vm / med_raw:.3f}")
     finally:
-        if qc:
-            os.killpg(qc.pid, signal.SIGTERM)
-            try:
-                qc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(qc.pid, signal.SIGKILL)
+        stop(qc)
+        stop(web)
         remove_host(HOST)
 
 

@@ -12,6 +12,7 @@ rollback included, has ended. Status changes go through guarded transitions (vds
 import secrets
 import uuid
 
+from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
@@ -43,6 +44,11 @@ class Host(models.Model):
         default="",
         help_text="LIBGUESTFS_BACKEND_SETTINGS on this host, e.g. force_tcg where KVM is unavailable.",
     )
+    max_parallel_seals = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="virt-sysprep runs at once on this host (each boots an appliance: about one CPU core and "
+        "1 GiB while it runs); blank: the VMSEAL_MAX_PARALLEL_SEALS setting. More wait for a slot.",
+    )
     copy_rate_limit = models.PositiveBigIntegerField(
         null=True, blank=True, help_text="Bytes per second a disk copy may read (qemu-img convert -r); blank: no limit."
     )
@@ -71,6 +77,10 @@ class Host(models.Model):
     @property
     def libvirt_uri(self) -> str:
         return f"qemu+ssh://{self.ssh_user}@{self.address}:{self.port}/system"
+
+    @property
+    def seal_limit(self) -> int:
+        return self.max_parallel_seals or settings.VMSEAL_MAX_PARALLEL_SEALS
 
 
 class JobKind(models.TextChoices):

@@ -46,6 +46,43 @@ def new_job(host, action, *, parent, step, target, description, timeout: float) 
                           deadline=timezone.now() + timedelta(seconds=timeout))
 
 
+ACTIVE = (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.ABORTING)
+
+
+def reserve(host, action, *, limit: int, parent: HostJob, step: str, target: str, description: str, timeout: float,
+            heartbeat: Callable[[], None] | None = None, should_abort: Callable[[], bool] | None = None,
+            on_wait: Callable[[int], None] | None = None, interval: float = 0.5) -> HostJob:
+    """Create the (pending) job for ``action`` on ``host`` once fewer than ``limit`` such jobs are
+    active there; wait meanwhile. Counting and creating are one transaction that locks the host row
+    (SQLite: the IMMEDIATE transaction's write lock), so concurrent workers never exceed the limit.
+    A job this parent already reserved for the step and target is returned as is (a resumed flow).
+    Raises JobAborted when ``should_abort`` says so while waiting."""
+    from django.db import transaction
+
+    from hostjobs.models import Host
+
+    waited = False
+    while True:
+        mine = (parent.children.filter(step=step, action=action, target=target)
+                .exclude(status__in=[JobStatus.FAILED, JobStatus.ABORTED]).first())
+        if mine is not None:
+            return mine
+        with transaction.atomic():
+            Host.objects.select_for_update().filter(pk=host.pk).exists()
+            busy = HostJob.objects.filter(host=host, action=action, status__in=ACTIVE).count()
+            if busy < limit:
+                return new_job(host, action, parent=parent, step=step, target=target, description=description,
+                               timeout=timeout)
+        if not waited and on_wait:
+            on_wait(busy)
+        waited = True
+        if heartbeat:
+            heartbeat()
+        if should_abort and should_abort():
+            raise JobAborted("cancelled while waiting for a free slot on the host")
+        time.sleep(interval)
+
+
 def start(job: HostJob, args: list[str]) -> None:
     """Start ``args`` (a helper subcommand) as host job ``job``; idempotent."""
     spec = {"args": args, "callback_url": callback_url(job.host), "secret": job.host.callback_secret,

@@ -223,8 +223,17 @@ def seal(ctx: Context) -> None:
     for v in vols:
         args += ["--writable", str(v.id)]
     args += _guest_env(t.host)
+    description = f"virt-sysprep over {len(vols)} disk(s)"
+    try:  # a slot first: at most host.seal_limit seals run at once on a host; the others wait here
+        runner.reserve(t.host, JobAction.SEAL, limit=t.host.seal_limit, parent=ctx.op, step=Phase.SEAL,
+                       target=f"template:{t.pk}", description=description, timeout=settings.VMSEAL_SEAL_TIMEOUT,
+                       heartbeat=ctx.heartbeat, should_abort=ctx.abort_requested,
+                       on_wait=lambda busy: ctx.op.append_log(
+                           f"waiting for a seal slot on host {t.host} ({busy} of {t.host.seal_limit} busy)\n"))
+    except runner.JobAborted:
+        raise Cancelled(_abort_reason(ctx.op)) from None
     try:
-        job = ctx.host_job(JobAction.SEAL, Phase.SEAL, f"template:{t.pk}", f"virt-sysprep over {len(vols)} disk(s)",
+        job = ctx.host_job(JobAction.SEAL, Phase.SEAL, f"template:{t.pk}", description,
                            [*args, "--", *argv], timeout=settings.VMSEAL_SEAL_TIMEOUT,
                            progress_of=sysprep.progress_of)
     except runner.JobFailed as e:
@@ -294,7 +303,7 @@ def rollback(t: Template, op: HostJob, message: str, code: str) -> None:
     op.append_log(message + "\n")
     # Host jobs that may still run there (their result never arrived, or a cancel): stop them first,
     # so nothing writes to a volume being deleted.
-    for job in op.children.filter(Q(error_code__in=["deadline"]) | Q(status__in=[JobStatus.RUNNING,
+    for job in op.children.filter(Q(error_code__in=["deadline"]) | Q(status__in=[JobStatus.PENDING, JobStatus.RUNNING,
                                                                                  JobStatus.ABORTING])):
         try:
             runner.abort(job)

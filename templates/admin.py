@@ -28,10 +28,7 @@ class TemplateAdmin(admin.ModelAdmin):
                        "seal_log", "error", "job", "vm_uuid", "created", "updated"]
 
     def get_queryset(self, request):
-        from django.db.models import Count, Sum
-
-        return (super().get_queryset(request).select_related("host", "job")
-                .annotate(n_disks=Count("disks"), size=Sum("disks__volume__size")))
+        return super().get_queryset(request).select_related("host", "job").with_disk_summary()
 
     @admin.display(description="disks", ordering="n_disks")
     def disk_count(self, obj):

@@ -1,6 +1,9 @@
 import hashlib
 import json
 
+from django.db.models import Count, Sum
+from django.db.models.fields.json import KT
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.exceptions import APIException, PermissionDenied
@@ -67,6 +70,67 @@ class TemplateSerializer(serializers.ModelSerializer):
         return value
 
 
+class TemplateListSerializer(serializers.ModelSerializer):
+    """One row of ``GET /api/templates/``: the template without its disks, volumes, options and audit
+    items (``GET /api/templates/<id>/`` has them). The list view builds these rows with list_rows();
+    this serializer documents them (OpenAPI) and is the reference a test compares list_rows with."""
+
+    host = serializers.PrimaryKeyRelatedField(read_only=True)
+    vm = serializers.CharField(source="vm_name", read_only=True)
+    disk_count = serializers.IntegerField(source="n_disks", read_only=True)
+    size = serializers.IntegerField(read_only=True, allow_null=True, help_text="virtual size of all disks, bytes")
+    audit_passed = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Template
+        fields = ["id", "name", "description", "host", "vm", "seal", "status", "phase", "sealed", "guest_os",
+                  "audit_passed", "error", "job", "disk_count", "size", "created", "updated"]
+        read_only_fields = fields
+
+    def get_audit_passed(self, obj) -> bool | None:
+        return (obj.audit or {}).get("passed")
+
+    def get_disk_count(self, obj) -> int:
+        return obj.n_disks or 0
+
+
+LIST_FIELDS = ("id", "name", "description", "host_id", "vm_name", "seal", "status", "phase", "sealed", "guest_os",
+               "error", "job_id", "created", "updated")
+
+
+def _datetime(value):
+    """As DRF's DateTimeField renders it (ISO 8601, UTC as Z)."""
+    text = timezone.localtime(value).isoformat() if value else None
+    return text[:-6] + "Z" if text and text.endswith("+00:00") else text
+
+
+def _json_bool(value):
+    """A JSON boolean extracted by the database: SQLite gives 1/0, PostgreSQL 'true'/'false'."""
+    return None if value is None else str(value).lower() in ("1", "true")
+
+
+def list_rows(ids: list[int]) -> list[dict]:
+    """TemplateListSerializer's representation of the templates ``ids``, in that order."""
+    rows = {r["id"]: r for r in Template.objects.filter(pk__in=ids)
+            .values(*LIST_FIELDS, audit_passed=KT("audit__passed"))}  # not the whole audit document
+    summary = {s["template_id"]: s for s in TemplateDisk.objects.filter(template_id__in=ids).order_by()
+               .values("template_id").annotate(n=Count("pk"), size=Sum("volume__size"))}
+    out = []
+    for pk in ids:
+        r = rows.get(pk)
+        if r is None:
+            continue
+        disks = summary.get(pk, {})
+        out.append({
+            "id": r["id"], "name": r["name"], "description": r["description"], "host": r["host_id"],
+            "vm": r["vm_name"], "seal": r["seal"], "status": r["status"], "phase": r["phase"], "sealed": r["sealed"],
+            "guest_os": r["guest_os"], "audit_passed": _json_bool(r["audit_passed"]), "error": r["error"],
+            "job": str(r["job_id"]) if r["job_id"] else None, "disk_count": disks.get("n", 0),
+            "size": disks.get("size"), "created": _datetime(r["created"]), "updated": _datetime(r["updated"]),
+        })
+    return out
+
+
 class Refused(APIException):
     def __init__(self, refused: service.Refused):
         self.status_code = refused.status
@@ -78,6 +142,19 @@ class TemplateViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
                       mixins.DestroyModelMixin, viewsets.GenericViewSet):
     queryset = Template.objects.select_related("host").prefetch_related("disks__volume")
     serializer_class = TemplateSerializer
+
+    def get_serializer_class(self):
+        return TemplateListSerializer if self.action == "list" else TemplateSerializer
+
+    @extend_schema(responses=TemplateListSerializer(many=True))
+    def list(self, request, *args, **kwargs):
+        """The hot read path: a page costs the same few queries wherever it is in the list (the page's
+        ids, filtered and ordered on the indexes; those rows; their disks' count and size) and its rows
+        are built as plain dicts (list_rows, equal to TemplateListSerializer's output, which a test
+        checks) rather than through DRF's per-field machinery, which cost more than the queries."""
+        ordered = self.filter_queryset(Template.objects.all())
+        page = self.paginate_queryset(ordered.values_list("pk", flat=True))
+        return self.get_paginated_response(list_rows(list(page)))
     filterset_fields = {"status": ["exact"], "sealed": ["exact"], "host": ["exact"], "name": ["exact", "icontains"]}
     ordering_fields = ["created", "name", "status"]
     ordering = ["-created"]

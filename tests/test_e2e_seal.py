@@ -55,7 +55,8 @@ def run(test_host, qcluster, django_db_blocker):
         token = Token.objects.create(user=user).key
         api.credentials(HTTP_AUTHORIZATION=f"Token {token}")
         r = api.post("/api/hosts/", {"name": "e2e1", "address": test_host.address, "ssh_user": "root",
-                                     "host_key": test_host.host_key, "guestfs_backend_settings": "force_tcg"},
+                                     "host_key": test_host.host_key, "guestfs_backend_settings": "force_tcg",
+                                     "max_parallel_seals": 2},
                      format="json")
         assert r.status_code == 201, r.content
         host_id = r.json()["id"]
@@ -108,6 +109,8 @@ def run(test_host, qcluster, django_db_blocker):
         from hostjobs.models import HostJob
 
         every_job_text = [json.dumps([j.log, j.error, j.description, j.result]) for j in HostJob.objects.all()]
+        seal_runs = [(j.started, j.completed) for j in HostJob.objects.filter(host_id=host_id, action="seal")]
+        op_logs = {k: HostJob.objects.get(pk=j["id"]).log for k, j in jobs.items()}
         every_template = [json.dumps(list(Template.objects.values()), default=str)]
         plain_compare = [
             test_host.exec("qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", src, dst, check=False).returncode
@@ -122,6 +125,7 @@ def run(test_host, qcluster, django_db_blocker):
                 "api_texts": [api.get(f"/api/jobs/{j['id']}/").content.decode() for j in jobs.values()]
                 + [t.content.decode() for t in templates.values()],
                 "plain_compare": plain_compare, "wall": wall, "post_seconds": post_seconds, "pushed": pushed,
+                "seal_runs": seal_runs, "op_logs": op_logs,
             }
         finally:
             for h in Host.objects.all():
@@ -147,6 +151,21 @@ def test_sealed_templates_end_ok_and_their_jobs_done(run):
     assert run["templates"]["one"].json()["sealed"] is True
     assert run["templates"]["two"].json()["sealed"] is True
     assert run["templates"]["plain"].json()["sealed"] is False
+
+
+def test_the_hosts_seal_limit_held_and_the_others_waited_then_ran(run):
+    """Seven seals asked at once on a host that runs two at a time (Host.max_parallel_seals = 2)."""
+    runs = run["seal_runs"]
+    assert len(runs) == 7
+    assert all(s and e for s, e in runs), "every seal ran to an end"
+    events = sorted([(s, 1) for s, _ in runs] + [(e, -1) for _, e in runs], key=lambda ev: (ev[0], ev[1]))
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert peak == 2, f"at most two at once, and the two slots were used: peak {peak}"
+    waited = [k for k, text in run["op_logs"].items() if "waiting for a seal slot" in text]
+    assert len(waited) >= 5, waited
 
 
 def test_host_jobs_completion_was_pushed_by_the_host(run):

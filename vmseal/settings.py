@@ -10,6 +10,7 @@ Environment:
   VMSEAL_DB_NAME         for sqlite: the database file (default <data dir>/vmseal.sqlite3)
   VMSEAL_REDIS_URL       use django-q2's Redis broker instead of the ORM broker
   VMSEAL_Q_WORKERS       qcluster workers (default 4: work is mostly waiting on hosts)
+  VMSEAL_MAX_PARALLEL_SEALS  virt-sysprep runs at once per host (default 2; Host.max_parallel_seals overrides)
 """
 
 import os
@@ -91,6 +92,10 @@ if os.environ.get("VMSEAL_DB_ENGINE", "sqlite") == "postgresql":
             "PASSWORD": os.environ.get("VMSEAL_DB_PASSWORD", ""),
             "HOST": os.environ.get("VMSEAL_DB_HOST", "127.0.0.1"),
             "PORT": os.environ.get("VMSEAL_DB_PORT", "5432"),
+            "CONN_MAX_AGE": int(os.environ.get("VMSEAL_DB_CONN_MAX_AGE", "60")),
+            "CONN_HEALTH_CHECKS": True,
+            # one test database per test session (app processes started by the tests get its name)
+            "TEST": {"NAME": f"test_vmseal_{os.getpid()}"},
         }
     }
 else:
@@ -132,7 +137,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "vmseal.pagination.Pagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": [
-        "django_filters.rest_framework.DjangoFilterBackend",
+        "vmseal.filters.FilterBackend",
         "rest_framework.filters.OrderingFilter",
         "rest_framework.filters.SearchFilter",
     ],
@@ -176,6 +181,8 @@ VMSEAL_SSH_CONNECT_TIMEOUT = int(os.environ.get("VMSEAL_SSH_CONNECT_TIMEOUT", "5
 VMSEAL_COPY_TIMEOUT = int(os.environ.get("VMSEAL_COPY_TIMEOUT", "1800"))
 VMSEAL_SEAL_TIMEOUT = int(os.environ.get("VMSEAL_SEAL_TIMEOUT", "1800"))
 VMSEAL_STORAGE_TIMEOUT = int(os.environ.get("VMSEAL_STORAGE_TIMEOUT", "120"))  # update_volume, delete
+# virt-sysprep runs at once per host, unless the Host says otherwise (Host.max_parallel_seals)
+VMSEAL_MAX_PARALLEL_SEALS = int(os.environ.get("VMSEAL_MAX_PARALLEL_SEALS", "2"))
 # Where hosts push job and libvirt events, e.g. http://10.0.0.5:8000/api/callbacks/ (a Host may override).
 # Empty: push is off and jobs complete by polling.
 VMSEAL_CALLBACK_URL = os.environ.get("VMSEAL_CALLBACK_URL", "")
