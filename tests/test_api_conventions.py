@@ -1,6 +1,8 @@
 """API conventions: filtering, ordering, pagination, error shapes, the OpenAPI schema (checked against
 the real read endpoints with schemathesis)."""
 
+import json
+
 import pytest
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHYxXA9dCvPrHMuXWbnnUMW7yDpDlHgZ1aqYjakW6cwK"
@@ -53,6 +55,24 @@ def test_filters_ordering_and_pagination(admin_client, data):
     assert admin_client.get("/api/jobs/?kind=virt").json()["count"] == 7
     assert admin_client.get("/api/jobs/?action=create_template&status=done").json()["count"] == 7
     assert admin_client.get("/api/volumes/?legality=LEGAL&type=SHARED").json()["count"] == 7
+
+
+def test_the_list_rows_are_what_the_list_serializer_documents(admin_client, data, django_assert_max_num_queries):
+    from rest_framework.renderers import JSONRenderer
+
+    from templates.api import TemplateListSerializer
+    from templates.models import Template
+
+    _, _, tpls = data
+    Template.objects.filter(pk=tpls[0].pk).update(audit={"passed": False, "items": []}, description="d")
+    Template.objects.filter(pk=tpls[1].pk).update(audit={"passed": True, "items": []})
+    with django_assert_max_num_queries(7):  # session user, count, ids, rows, disk summary
+        rows = admin_client.get("/api/templates/?ordering=name&page_size=500").json()["results"]
+    reference = TemplateListSerializer(Template.objects.with_disk_summary().order_by("name"), many=True).data
+    assert rows == json.loads(JSONRenderer().render(reference)), "as the API renders the serializer's output"
+    assert [r["audit_passed"] for r in rows[:3]] == [False, True, None]
+    assert rows[0]["disk_count"] == 1
+    assert rows[0]["size"] == 1 << 26
 
 
 def test_errors_are_json_with_field_names(admin_client, data):
