@@ -8,6 +8,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.exceptions import APIException, PermissionDenied
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 
 from hostjobs.api import HostJobSerializer
 from hostjobs.models import Host
@@ -142,9 +143,15 @@ class TemplateViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
                       mixins.DestroyModelMixin, viewsets.GenericViewSet):
     queryset = Template.objects.select_related("host").prefetch_related("disks__volume")
     serializer_class = TemplateSerializer
+    throttle_scope = "template_create"
 
     def get_serializer_class(self):
         return TemplateListSerializer if self.action == "list" else TemplateSerializer
+
+    def get_throttles(self):
+        """Creating a template starts work on a host: throttled per user (VMSEAL_TEMPLATE_CREATE_RATE,
+        429 with Retry-After beyond it). Reads are not."""
+        return [ScopedRateThrottle()] if self.action == "create" else []
 
     @extend_schema(responses=TemplateListSerializer(many=True))
     def list(self, request, *args, **kwargs):

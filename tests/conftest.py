@@ -54,3 +54,14 @@ def django_db_setup(request, django_test_environment, django_db_blocker, django_
     yield
     with django_db_blocker.unblock():
         teardown_databases(config, verbosity=request.config.option.verbose, keepdb=django_db_keepdb)
+
+
+@pytest.fixture(autouse=True)
+def _own_throttle_history(monkeypatch):
+    """Each test starts with no request history for the API throttles (users' ids repeat across tests)."""
+    import uuid
+
+    from django.core.cache.backends.locmem import LocMemCache
+    from rest_framework.throttling import SimpleRateThrottle
+
+    monkeypatch.setattr(SimpleRateThrottle, "cache", LocMemCache(f"throttle-{uuid.uuid4()}", {}))

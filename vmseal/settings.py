@@ -8,7 +8,8 @@ Environment:
   VMSEAL_SSH_KEY         the app's SSH private key (default: <data dir>/ssh/id_ed25519, made on first use)
   VMSEAL_DB_ENGINE       sqlite (default) or postgresql; then VMSEAL_DB_NAME/USER/PASSWORD/HOST/PORT
   VMSEAL_DB_NAME         for sqlite: the database file (default <data dir>/vmseal.sqlite3)
-  VMSEAL_REDIS_URL       use django-q2's Redis broker instead of the ORM broker
+  VMSEAL_REDIS_URL       use django-q2's Redis broker instead of the ORM broker (and Redis as Django's cache)
+  VMSEAL_TEMPLATE_CREATE_RATE  template creations per user (default 30/min; DRF rate syntax)
   VMSEAL_Q_WORKERS       qcluster workers (default 4: work is mostly waiting on hosts)
   VMSEAL_MAX_PARALLEL_SEALS  virt-sysprep runs at once per host (default 2; Host.max_parallel_seals overrides)
 """
@@ -142,6 +143,8 @@ REST_FRAMEWORK = {
         "rest_framework.filters.SearchFilter",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Template creation is throttled per user (each one starts host work); see TemplateViewSet.
+    "DEFAULT_THROTTLE_RATES": {"template_create": os.environ.get("VMSEAL_TEMPLATE_CREATE_RATE", "30/min")},
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "vmseal API",
@@ -172,6 +175,9 @@ Q_CLUSTER = {
 }
 if os.environ.get("VMSEAL_REDIS_URL"):
     Q_CLUSTER["redis"] = os.environ["VMSEAL_REDIS_URL"]
+    # shared by every web worker, so a throttle counts a user's requests across them
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                          "LOCATION": os.environ["VMSEAL_REDIS_URL"], "KEY_PREFIX": "vmseal"}}
 else:
     Q_CLUSTER["orm"] = "default"
 

@@ -1,0 +1,256 @@
+"""Hostile input, access control, CSRF, throttling, secrets (issue: reliability and security).
+
+Refusals here happen before any host is contacted, so no host is needed; what crosses to a host
+(hostile strings that are accepted, fuzzing the write endpoints, a host whose key changed, the same
+name raced) is in test_e2e_security.py, against a real test host."""
+
+import pytest
+
+pytestmark = pytest.mark.security
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHYxXA9dCvPrHMuXWbnnUMW7yDpDlHgZ1aqYjakW6cwK"
+HOSTILE = [
+    "x'; touch /tmp/vmseal-pwned-1; echo '",
+    'x"; touch /tmp/vmseal-pwned-2; echo "',
+    "$(touch /tmp/vmseal-pwned-3)",
+    "`touch /tmp/vmseal-pwned-4`",
+    "a;b|c&d>e<f",
+    "../../../../etc/passwd",
+    "a" * 10_000,
+    "line\nbreak",
+    "nul\x00byte",
+    "\u202eevil\u202d unicode",
+]
+
+
+@pytest.fixture
+def host(db):
+    from hostjobs.models import Host
+
+    # A key that cannot be pinned: a request that passes validation is refused when it would first
+    # contact the host ("pinned host key is not usable"), before any row or file exists.
+    return Host.objects.create(name="h", address="10.211.0.254", host_key="ssh-ed25519 AAAA")
+
+
+def snapshot():
+    from hostjobs.models import Host, HostJob
+    from templates.models import Template
+    from volumes.models import Volume
+
+    return Template.objects.count(), Volume.objects.count(), HostJob.objects.count(), Host.objects.count()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("value", HOSTILE)
+@pytest.mark.parametrize("field", ["vm", "name", "seal_options.hostname", "seal_options.timezone",
+                                   "seal_options.operations_add", "seal_options.remove_user_accounts"])
+def test_hostile_strings_are_refused_cleanly_or_never_reach_a_shell(admin_client, host, field, value):
+    """Every hostile value in every user-facing field: a clean 4xx and nothing stored, or (when the
+    value is a legal label) refused only because this host cannot be contacted - never a 5xx, never run.
+    (Accepted hostile labels going all the way through a flow: test_e2e_security.)"""
+    body = {"name": "t", "host": host.pk, "vm": "v", "seal": True}
+    if field.startswith("seal_options."):
+        key = field.split(".", 1)[1]
+        body["seal_options"] = {key: [value] if key in ("operations_add", "remove_user_accounts") else value}
+    else:
+        body[field] = value
+    before = snapshot()
+    r = admin_client.post("/api/templates/", body, content_type="application/json")
+    assert 400 <= r.status_code < 500, r.content[:300]
+    assert r.headers["Content-Type"].startswith("application/json")
+    assert snapshot() == before
+    import glob
+
+    assert not glob.glob("/tmp/vmseal-pwned-*")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("body", [b"\xff\xfe\x00not json", b'{"name": "\xc3\x28"}', b"{" * 5000, b"[]", b"null"])
+def test_malformed_bodies_are_a_400(admin_client, host, body):
+    before = snapshot()
+    r = admin_client.post("/api/templates/", body, content_type="application/json")
+    assert r.status_code == 400, r.content[:300]
+    assert snapshot() == before
+
+
+@pytest.mark.django_db
+def test_volume_paths_and_pools_are_never_taken_from_a_client(admin_client, host):
+    r = admin_client.post("/api/templates/", {"name": "t", "host": host.pk, "vm": "v", "disks": [
+        {"volume": {"path": "/etc/shadow"}}], "path": "/etc/shadow"}, content_type="application/json")
+    assert r.status_code == 400  # the unreachable host; the extra fields are read-only and ignored
+    for pool in ("/var/../etc", "relative/pool", "/var/lib/vmseal/$(x)", "/var/lib/vmseal/a b"):
+        r = admin_client.post("/api/hosts/", {"name": "p", "address": "10.211.0.9", "host_key": KEY,
+                                              "pool_path": pool}, content_type="application/json")
+        assert r.status_code == 400, pool
+        assert "pool_path" in r.json()
+
+
+# -- access ------------------------------------------------------------------------------------------
+def _user(django_user_model, name, *perms, staff=False):
+    from django.contrib.auth.models import Permission
+
+    u = django_user_model.objects.create_user(name, password=f"{name}-pass-1", is_staff=staff)
+    for codename in perms:
+        u.user_permissions.add(Permission.objects.get(codename=codename))
+    return u
+
+
+@pytest.mark.django_db
+def test_each_access_level_sees_exactly_what_its_permissions_allow(client, django_user_model, host):
+    from hostjobs.models import HostJob, JobAction
+    from templates.models import Template
+
+    op = HostJob.create(host, JobAction.CREATE_TEMPLATE)
+    op.start()
+    t = Template.objects.create(name="existing", host=host, vm_name="v", status="ok", job=None)
+    levels = {
+        "anonymous": None,
+        "reader": _user(django_user_model, "reader"),  # authenticated, no permissions: reads only
+        "maker": _user(django_user_model, "maker", "add_template"),
+        "canceller": _user(django_user_model, "canceller", "change_hostjob"),
+        "deleter": _user(django_user_model, "deleter", "delete_template"),
+    }
+    expected = {  # what each may do: read, create (reaches validation: 400 here), cancel, delete
+        "anonymous": {"read": False, "create": False, "cancel": False, "delete": False},
+        "reader": {"read": True, "create": False, "cancel": False, "delete": False},
+        "maker": {"read": True, "create": True, "cancel": False, "delete": False},
+        "canceller": {"read": True, "create": False, "cancel": True, "delete": False},
+        "deleter": {"read": True, "create": False, "cancel": False, "delete": True},
+    }
+    for level, user in levels.items():
+        client.logout()
+        if user:
+            client.force_login(user)
+        seen = {
+            "read": client.get("/api/templates/").status_code == 200,
+            "create": client.post("/api/templates/", {"name": "n", "host": host.pk, "vm": "v"},
+                                  content_type="application/json").status_code not in (401, 403),
+            "cancel": client.post(f"/api/jobs/{op.pk}/cancel/").status_code not in (401, 403),
+            "delete": client.delete(f"/api/templates/{t.pk}/").status_code not in (401, 403),
+        }
+        assert seen == expected[level], level
+        if level == "canceller":  # its cancel went through: put the job back for the next level
+            HostJob.objects.filter(pk=op.pk).update(status="running", error="")
+        if level == "deleter":
+            t.refresh_from_db()
+            assert t.status == "locked"  # a delete job was queued: undo for the assertions below
+    assert Template.objects.filter(name="n").count() == 0, "no one's create reached the host"
+
+
+@pytest.mark.django_db
+def test_sealing_and_the_admin_site_need_their_own_rights(client, django_user_model, host):
+    maker = _user(django_user_model, "maker", "add_template")
+    client.force_login(maker)
+    r = client.post("/api/templates/", {"name": "n", "host": host.pk, "vm": "v", "seal": True},
+                    content_type="application/json")
+    assert r.status_code == 403
+    assert "seal" in r.json()["detail"]
+    assert client.get("/admin/").status_code == 302, "not staff: no admin site"
+    staff = _user(django_user_model, "staff", staff=True)
+    client.force_login(staff)
+    assert client.get("/admin/").status_code == 200
+    assert client.get("/admin/templates/template/add/").status_code == 403, "staff without add_template"
+    assert client.get("/admin/hostjobs/host/").status_code == 403
+
+
+@pytest.mark.django_db
+def test_the_apps_private_key_and_host_secrets_are_never_served(admin_client, host, settings):
+    from hostjobs.transport import app_public_key
+
+    app_public_key()  # make sure the key exists
+    private = settings.VMSEAL_SSH_KEY.read_text()
+    body = private.split("-----")[2].strip().splitlines()[0]
+    pages = [admin_client.get(p) for p in ("/api/hosts/", f"/api/hosts/{host.pk}/", "/admin/hostjobs/host/",
+                                           f"/admin/hostjobs/host/{host.pk}/change/", "/api/schema/")]
+    for page in pages:
+        assert page.status_code == 200
+        text = page.content.decode()
+        assert body not in text
+        assert host.callback_secret not in text
+        assert "PRIVATE KEY" not in text
+    for path in ("/static/../ssh/id_ed25519", "/static/%2e%2e/ssh/id_ed25519", "/media/ssh/id_ed25519",
+                 "/var/ssh/id_ed25519", "/api/../var/ssh/id_ed25519"):
+        r = admin_client.get(path)
+        assert r.status_code == 404, path
+        assert body not in r.content.decode(errors="replace")
+
+
+# -- CSRF ----------------------------------------------------------------------------------------------
+@pytest.mark.django_db
+def test_session_writes_need_a_csrf_token(django_user_model, host):
+    from django.test import Client
+
+    from templates.models import Template
+
+    admin = django_user_model.objects.create_superuser("adm", "a@example.test", "adm-pass-1")
+    c = Client(enforce_csrf_checks=True)
+    c.force_login(admin)
+    before = snapshot()
+    r = c.post("/api/templates/", {"name": "n", "host": host.pk, "vm": "v"}, content_type="application/json")
+    assert r.status_code == 403
+    assert "CSRF" in r.json()["detail"]
+    r = c.post("/admin/templates/template/add/", {"host": host.pk, "vm_name": "v", "name": "n"})
+    assert r.status_code == 403
+    r = c.delete("/api/templates/1/")
+    assert r.status_code in (403, 404)
+    assert snapshot() == before
+    # with the token, the same form reaches validation (the unreachable host), still creating nothing
+    page = c.get("/admin/templates/template/add/")
+    token = page.cookies["csrftoken"].value
+    r = c.post("/admin/templates/template/add/", {"host": host.pk, "vm_name": "v", "name": "n",
+                                                   "csrfmiddlewaretoken": token})
+    assert r.status_code == 200
+    assert Template.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_token_clients_need_no_csrf_and_callbacks_are_signed_instead(django_user_model, host):
+    from django.test import Client
+    from rest_framework.authtoken.models import Token
+
+    user = django_user_model.objects.create_superuser("tok", "t@example.test", "tok-pass-1")
+    c = Client(enforce_csrf_checks=True)
+    r = c.post("/api/templates/", {"name": "n", "host": host.pk, "vm": "v"}, content_type="application/json",
+               HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    assert r.status_code == 400, "validated (the unreachable host), not refused for CSRF"
+    r = c.post("/api/callbacks/", b"{}", content_type="application/json")
+    assert r.status_code == 401, "unsigned"
+
+
+# -- throttling ------------------------------------------------------------------------------------------
+@pytest.mark.django_db
+def test_template_creation_is_throttled_per_user(admin_client, host, monkeypatch, django_user_model):
+    from rest_framework.throttling import ScopedRateThrottle
+
+    monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {"template_create": "3/min"})
+    for _ in range(3):
+        assert admin_client.post("/api/templates/", {"name": "n", "host": host.pk, "vm": "v"},
+                                 content_type="application/json").status_code == 400
+    before = snapshot()
+    r = admin_client.post("/api/templates/", {"name": "n", "host": host.pk, "vm": "v"}, content_type="application/json")
+    assert r.status_code == 429
+    assert int(r["Retry-After"]) > 0
+    assert snapshot() == before
+    assert admin_client.get("/api/templates/").status_code == 200, "reads are not throttled"
+    other = django_user_model.objects.create_superuser("other", "o@example.test", "other-pass-1")
+    admin_client.force_login(other)
+    assert admin_client.post("/api/templates/", {"name": "n", "host": host.pk, "vm": "v"},
+                             content_type="application/json").status_code == 400, "per user"
+
+
+# -- concurrency -----------------------------------------------------------------------------------------
+@pytest.mark.django_db
+def test_deleting_a_template_while_its_job_runs_is_refused(admin_client, host):
+    from hostjobs.models import HostJob, JobAction
+    from templates.models import Template
+
+    op = HostJob.create(host, JobAction.CREATE_TEMPLATE)
+    op.start()
+    t = Template.objects.create(name="busy", host=host, vm_name="v", status="locked", phase="SEAL", job=op)
+    before = snapshot()
+    r = admin_client.delete(f"/api/templates/{t.pk}/")
+    assert r.status_code == 409
+    assert "has a job running" in r.json()["template"][0]
+    assert snapshot() == before
+    t.refresh_from_db()
+    assert (t.status, t.job_id) == ("locked", op.pk)
