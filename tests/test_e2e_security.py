@@ -84,7 +84,9 @@ def test_hostile_labels_go_through_whole_flows_stored_verbatim_and_never_execute
 def test_hostile_vm_names_are_looked_up_never_executed(sec, django_db_blocker):
     api, host = sec["api"], sec["host"]
     with django_db_blocker.unblock():
-        for vm in ("sec1; touch /tmp/vmseal-pwned-v1", "$(touch /tmp/vmseal-pwned-v2)", "../sec1", "sec1\n"):
+        # (surrounding whitespace is trimmed, as for every text field: " sec1\n" names sec1)
+        for vm in ("sec1; touch /tmp/vmseal-pwned-v1", "$(touch /tmp/vmseal-pwned-v2)", "../sec1", "sec1\x00x",
+                   "sec1\nsec2", "*", "sec?"):
             r = api.post("/api/templates/", {"name": "v", "host": host.pk, "vm": vm}, format="json")
             assert r.status_code == 400, r.content
             assert "vm" in r.json()
