@@ -115,18 +115,22 @@ def test_fuzzing_the_write_endpoints_gives_no_5xx_and_no_partial_rows(sec, djang
         # (the test host), so nothing ever connects to an address the fuzzer made up.
         writes.sort(key=lambda op: op.path == "/api/hosts/")
         tried, statuses = {}, {}
-        for op in writes:
+        def fuzz(op):
+            key = f"{op.method.upper()} {op.path}"
+
             @settings(max_examples=40, deadline=None, database=None, derandomize=True,
                       suppress_health_check=list(HealthCheck))
             @given(case=op.as_strategy())
-            def check(case, op=op):
+            def check(case):
                 response = case.call_wsgi(headers=headers)
-                key = f"{op.method.upper()} {op.path}"
                 tried[key] = tried.get(key, 0) + 1
                 statuses.setdefault(key, set()).add(response.status_code)
                 assert response.status_code < 500, (key, case.body, response.data[:500])
 
             check()
+
+        for op in writes:
+            fuzz(op)
         print("fuzzed:", json.dumps({k: [tried[k], sorted(statuses[k])] for k in tried}))
         assert sum(tried.values()) >= 100
         assert {"POST /api/templates/", "POST /api/hosts/", "DELETE /api/templates/{id}/",
@@ -179,7 +183,7 @@ def test_a_host_whose_ssh_key_changed_is_refused_and_never_repinned(sec, django_
             assert "pinned host key" in r.json()["detail"]
             assert (Template.objects.count(), HostJob.objects.count()) == before
             row.refresh_from_db()
-            assert row.host_key == h.host_key, "never re-pinned"
+            assert row.host_key.split()[:2] == h.host_key.split()[:2], "never re-pinned"
             known = (transport.SSHTarget.of(row).dir / "known_hosts").read_text()
             assert new_key.split()[1] not in known
             out = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "manage.py"), "host_check",
