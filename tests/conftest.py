@@ -65,3 +65,15 @@ def _own_throttle_history(monkeypatch):
     from rest_framework.throttling import SimpleRateThrottle
 
     monkeypatch.setattr(SimpleRateThrottle, "cache", LocMemCache(f"throttle-{uuid.uuid4()}", {}))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The fault matrix (tests/test_faults.py), cell x phase -> pass/fail, when it ran."""
+    import sys
+
+    faults = sys.modules.get("tests.test_faults")
+    lines = faults.matrix_summary() if faults else []
+    if lines:
+        terminalreporter.section("fault matrix")
+        for line in lines:
+            terminalreporter.write_line(line)

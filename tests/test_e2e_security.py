@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -186,7 +187,7 @@ def test_a_host_whose_ssh_key_changed_is_refused_and_never_repinned(sec, django_
             assert row.host_key.split()[:2] == h.host_key.split()[:2], "never re-pinned"
             known = (transport.SSHTarget.of(row).dir / "known_hosts").read_text()
             assert new_key.split()[1] not in known
-            out = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "manage.py"), "host_check",
+            out = subprocess.run([sys.executable, str(ROOT / "manage.py"), "host_check",
                                   "rekeyed"], capture_output=True, text=True,
                                  env={**os.environ, "VMSEAL_DB_NAME": _db_name()})
             assert out.returncode != 0
