@@ -132,7 +132,10 @@ def test_fuzzing_the_write_endpoints_gives_no_5xx_and_no_partial_rows(sec, djang
 
         for op in writes:
             fuzz(op)
-        print("fuzzed:", json.dumps({k: [tried[k], sorted(statuses[k])] for k in tried}))
+        summary = {k: {"cases": tried[k], "statuses": sorted(statuses[k])} for k in tried}
+        (ROOT / "test-artifacts").mkdir(exist_ok=True)
+        (ROOT / "test-artifacts" / "fuzz-summary.json").write_text(json.dumps(summary, indent=1))
+        print("fuzzed:", json.dumps(summary))
         assert sum(tried.values()) >= 100
         assert {"POST /api/templates/", "POST /api/hosts/", "DELETE /api/templates/{id}/",
                 "POST /api/jobs/{id}/cancel/"} <= set(tried)
