@@ -16,8 +16,8 @@ def _remove_sqlite_test_db():
 
 
 def _remove_orphaned_test_hosts():
-    """Test hosts are named vmseal-e<pid of the pytest session>; remove those whose session is gone
-    (killed before its teardown ran)."""
+    """Test hosts are named vmseal-e<pid of the pytest session> (and -f<pid><lane>, -k<pid>); remove
+    those whose session is gone (killed before its teardown ran)."""
     import os
     import re
     import subprocess
@@ -26,7 +26,7 @@ def _remove_orphaned_test_hosts():
     script = Path(__file__).resolve().parents[1] / "scripts" / "testhosts.py"
     names = subprocess.run([sys.executable, str(script), "list"], capture_output=True, text=True).stdout.split()
     for name in names:
-        m = re.fullmatch(r"vmseal-e(\d+)", name)
+        m = re.fullmatch(r"vmseal-[efk](\d+)[a-z]?", name)  # session, fault-matrix and re-keyed hosts
         if m and not Path(f"/proc/{m.group(1)}").exists() and int(m.group(1)) != os.getpid():
             subprocess.run([sys.executable, str(script), "down", name], capture_output=True)
 

@@ -72,7 +72,7 @@ def env(test_env, qcluster, callback_server, django_db_blocker):
     from hostjobs.transport import app_public_key
 
     qcluster.stop()
-    names = [f"vmseal-f{os.getpid()}-{i}" for i in range(LANES + 1)]
+    names = [f"vmseal-f{os.getpid()}{chr(97 + i)}" for i in range(LANES + 1)]
     hosts = []
     cluster_env = {**test_env, "VMSEAL_SEAL_TIMEOUT": str(SEAL_TIMEOUT), "VMSEAL_COPY_TIMEOUT": "180",
                    "VMSEAL_STORAGE_TIMEOUT": "60", "VMSEAL_Q_WORKERS": "12"}
