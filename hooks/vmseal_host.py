@@ -107,7 +107,9 @@ def cmd_create(a):
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        raise RuntimeError("qemu-img convert failed: " + (proc.stderr.strip() or proc.stdout.strip()))
+        why = proc.stderr.strip() or proc.stdout.strip() or (
+            f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}")
+        raise RuntimeError("qemu-img convert failed: " + why)
     os.replace(tmp, data)
     meta["legality"] = rules.LEGAL
     write_meta(meta_path, meta)
@@ -305,7 +307,9 @@ def cmd_job_exec(a):
         status, error = "done", ""
     else:
         status = "failed"
-        error = (result or {}).get("message") or f"exit status {rc}"
+        code = (result or {}).get("exit_code", rc)
+        error = (result or {}).get("message") or (f"killed by signal {-code}" if isinstance(code, int) and code < 0
+                                                  else f"exit status {code}")
     st = update_state(d, status=status, exit_code=rc, result=result, error=error, ended=time.time(), progress=100
                       if status == "done" else st.get("progress", 0))
     payload = {"kind": "job", "job": a.id, "host": spec.get("host"), "status": status, "exit_code": rc,

@@ -30,7 +30,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from hostjobs import hostops, runner, virt
-from hostjobs.errors import DomainNotStopped, HostError, InvalidTransition, VmsealError
+from hostjobs.errors import DomainNotStopped, HostError, HostUnreachable, InvalidTransition, VmsealError
 from hostjobs.models import HostJob, JobAction, JobStatus
 from sealing import sysprep
 from templates.models import Phase, Template, TemplateDisk, TemplateStatus
@@ -91,6 +91,28 @@ class Context:
 
     def abort_requested(self) -> bool:
         return HostJob.objects.filter(pk=self.op.pk, status__in=[JobStatus.ABORTING, JobStatus.ABORTED]).exists()
+
+    def host_call(self, fn, *args):
+        """A direct call to the host (libvirt over SSH): an unreachable host is retried with backoff
+        for up to VMSEAL_HOST_RETRY seconds (sshd or libvirtd restarting, a link flapping) before the
+        step fails. Host jobs need no such retry: they run on the host and are found again."""
+        deadline = time.monotonic() + settings.VMSEAL_HOST_RETRY
+        delay, told = 1.0, False
+        while True:
+            try:
+                return fn(*args)
+            except HostUnreachable as e:
+                if time.monotonic() + delay > deadline:
+                    raise
+                if not told:
+                    self.op.append_log(f"host {self.t.host} unreachable ({e}); retrying for up to "
+                                       f"{settings.VMSEAL_HOST_RETRY}s\n")
+                    told = True
+            self.heartbeat()
+            if self.abort_requested():
+                raise Cancelled(_abort_reason(self.op))
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     def host_job(self, action, step, target, description, args, *, timeout, progress_of=None) -> HostJob:
         if self.abort_requested():
@@ -161,7 +183,7 @@ def create_template(ctx: Context) -> None:
     """Re-check the source in the worker (the request's check may be stale), record its disks, and
     make sure the host's template pool exists."""
     t = ctx.t
-    info = virt.domain_info(t.host, t.vm_name)
+    info = ctx.host_call(virt.domain_info, t.host, t.vm_name)
     if not info.stopped:
         raise DomainNotStopped(f"VM {t.vm_name!r} is {info.state}: only a shut-off VM can become a template")
     writable = [d for d in info.disks if not d.readonly]
@@ -174,7 +196,7 @@ def create_template(ctx: Context) -> None:
         )
     t.vm_uuid = info.uuid
     t.save(update_fields=["vm_uuid"])
-    virt.ensure_pool(t.host)
+    ctx.host_call(virt.ensure_pool, t.host)
 
 
 def copy_disks(ctx: Context) -> None:
@@ -183,7 +205,7 @@ def copy_disks(ctx: Context) -> None:
         vol = disk.volume
         if vol is not None and vol.legality == Legality.LEGAL:
             continue  # copied before a restart
-        _ensure_source_stopped(t)
+        _ensure_source_stopped(ctx)
         if vol is None:
             vol = Volume(host=t.host)
             vol.save()
@@ -197,7 +219,7 @@ def copy_disks(ctx: Context) -> None:
             timeout=settings.VMSEAL_COPY_TIMEOUT,
         )
         vol.mirror(job.result)
-    virt.refresh_pool(t.host)
+    ctx.host_call(virt.refresh_pool, t.host)
 
 
 def assign_illegal(ctx: Context) -> None:
@@ -390,7 +412,8 @@ def _volumes(t: Template) -> list[Volume]:
     return vols
 
 
-def _ensure_source_stopped(t: Template) -> None:
-    info = virt.domain_info(t.host, t.vm_name)
+def _ensure_source_stopped(ctx: Context) -> None:
+    t = ctx.t
+    info = ctx.host_call(virt.domain_info, t.host, t.vm_name)
     if not info.stopped:
         raise DomainNotStopped(f"VM {t.vm_name!r} is {info.state}: it must stay shut off while its disks are copied")

@@ -228,12 +228,13 @@ def inject(cell: Cell):
         th.exec("mv", src, src + ".away")
         cell.seen["restore"] = lambda: th.exec("mv", src + ".away", src)
         return None
-    if f == "pool_full":
+    if f == "pool_full":  # full until the operation has ended (then freed, so a clean-up can finish)
         pool = f"/var/lib/vmseal/{cell.key.lower()}"
         th.exec("sh", "-c", f"dd if=/dev/zero of={pool}/filler bs=1M 2>/dev/null; true")
-        return lambda: th.exec("rm", "-f", f"{pool}/filler")
-    if f == "vm_started":
-        th.virsh("start", cell.vm)
+        cell.seen["restore"] = lambda: th.exec("rm", "-f", f"{pool}/filler")
+        return None
+    if f == "vm_started":  # may fail on the disk's lock while it is copied: the hook fires anyway
+        th.virsh("start", cell.vm, check=False)
         cell.seen["restore"] = lambda: th.virsh("destroy", cell.vm, check=False)
         return None
     raise AssertionError(f"unknown local fault {f}")
@@ -248,6 +249,8 @@ def settle(cell: Cell, timeout=600) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         op = HostJob.objects.get(pk=cell.op_id)
+        if op.is_terminal and "restore" in cell.seen:  # what lasted until the end: undo it now
+            cell.seen.pop("restore")()
         t = Template.objects.filter(pk=cell.template_id).first()
         if op.is_terminal and (t is None or (t.status == "ok" and t.phase == "DONE")):
             break
@@ -284,6 +287,10 @@ def observe(cell: Cell) -> None:
 
 def run_local(cell: Cell, api) -> None:
     try:
+        if cell.fault == "vm_started":  # the host's libvirt hooks report domain events for this Host row
+            from django.core.management import call_command
+
+            call_command("host_install", f"h-{cell.key}")
         start(cell, api)
         reach_phase(cell)
         heal = inject(cell)

@@ -187,6 +187,8 @@ VMSEAL_SSH_CONNECT_TIMEOUT = int(os.environ.get("VMSEAL_SSH_CONNECT_TIMEOUT", "5
 VMSEAL_COPY_TIMEOUT = int(os.environ.get("VMSEAL_COPY_TIMEOUT", "1800"))
 VMSEAL_SEAL_TIMEOUT = int(os.environ.get("VMSEAL_SEAL_TIMEOUT", "1800"))
 VMSEAL_STORAGE_TIMEOUT = int(os.environ.get("VMSEAL_STORAGE_TIMEOUT", "120"))  # update_volume, delete
+# how long a flow retries a host it cannot reach (libvirt calls) before the step fails, seconds
+VMSEAL_HOST_RETRY = int(os.environ.get("VMSEAL_HOST_RETRY", "120"))
 # virt-sysprep runs at once per host, unless the Host says otherwise (Host.max_parallel_seals)
 VMSEAL_MAX_PARALLEL_SEALS = int(os.environ.get("VMSEAL_MAX_PARALLEL_SEALS", "2"))
 # Where hosts push job and libvirt events, e.g. http://10.0.0.5:8000/api/callbacks/ (a Host may override).
