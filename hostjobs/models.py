@@ -49,6 +49,11 @@ class Host(models.Model):
         help_text="virt-sysprep runs at once on this host (each boots an appliance: about one CPU core and "
         "1 GiB while it runs); blank: the VMSEAL_MAX_PARALLEL_SEALS setting. More wait for a slot.",
     )
+    seal_timeout = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(60)],
+        help_text="Seconds a seal may take on this host before it is ended and rolled back (a hung appliance, "
+        "e.g. its pool filled up); blank: the VMSEAL_SEAL_TIMEOUT setting.",
+    )
     copy_rate_limit = models.PositiveBigIntegerField(
         null=True, blank=True, help_text="Bytes per second a disk copy may read (qemu-img convert -r); blank: no limit."
     )

@@ -246,9 +246,10 @@ def seal(ctx: Context) -> None:
         args += ["--writable", str(v.id)]
     args += _guest_env(t.host)
     description = f"virt-sysprep over {len(vols)} disk(s)"
+    timeout = t.host.seal_timeout or settings.VMSEAL_SEAL_TIMEOUT
     try:  # a slot first: at most host.seal_limit seals run at once on a host; the others wait here
         runner.reserve(t.host, JobAction.SEAL, limit=t.host.seal_limit, parent=ctx.op, step=Phase.SEAL,
-                       target=f"template:{t.pk}", description=description, timeout=settings.VMSEAL_SEAL_TIMEOUT,
+                       target=f"template:{t.pk}", description=description, timeout=timeout,
                        heartbeat=ctx.heartbeat, should_abort=ctx.abort_requested,
                        on_wait=lambda busy: ctx.op.append_log(
                            f"waiting for a seal slot on host {t.host} ({busy} of {t.host.seal_limit} busy)\n"))
@@ -256,7 +257,7 @@ def seal(ctx: Context) -> None:
         raise Cancelled(_abort_reason(ctx.op)) from None
     try:
         job = ctx.host_job(JobAction.SEAL, Phase.SEAL, f"template:{t.pk}", description,
-                           [*args, "--", *argv], timeout=settings.VMSEAL_SEAL_TIMEOUT,
+                           [*args, "--", *argv], timeout=timeout,
                            progress_of=sysprep.progress_of)
     except runner.JobFailed as e:
         job = ctx.op.children.filter(step=Phase.SEAL).order_by("-created").first()
