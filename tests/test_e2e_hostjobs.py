@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.fixtures.hostjobs import ROOT
-from tests.fixtures.sealing import wait_jobs
+from tests.fixtures.sealing import ensure_sweep_schedule, wait_jobs
 
 pytestmark = pytest.mark.e2e
 
@@ -79,15 +79,6 @@ def wait_child(op_id, action, status="running", timeout=120):
 def host_state(th, job_id):
     out = th.exec("cat", f"/var/lib/vmseal/jobs/{job_id}/state.json", check=False)
     return json.loads(out.stdout) if out.returncode == 0 else None
-
-
-def ensure_sweep_schedule():
-    from django.utils import timezone
-    from django_q.models import Schedule
-
-    Schedule.objects.update_or_create(name="vmseal-sweep", defaults={
-        "func": "sealing.tasks.sweep", "schedule_type": Schedule.MINUTES, "minutes": 1, "repeats": -1,
-        "next_run": timezone.now()})
 
 
 def assert_nothing_left(ns, host, template_name):

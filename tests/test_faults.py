@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.fixtures.hostjobs import TESTHOSTS, TestHost, down, up
-from tests.fixtures.sealing import Service
+from tests.fixtures.hostjobs import ROOT, TESTHOSTS, TestHost, down, up
+from tests.fixtures.sealing import Service, ensure_sweep_schedule
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
@@ -87,9 +87,7 @@ def env(test_env, qcluster, callback_server, django_db_blocker):
             user = User.objects.create_superuser("faults", "f@example.test", "faults-pass-1")
             api = APIClient()
             api.force_authenticate(user)
-            from sealing.tasks import sweep  # noqa: F401 - the sweeper's schedule must exist
-
-            _sweep_every_minute()
+            ensure_sweep_schedule()
             yield {"api": api, "hosts": hosts, "cluster": cluster, "cluster_env": cluster_env}
             for h in Host.objects.all():
                 transport.close(h)
@@ -98,15 +96,6 @@ def env(test_env, qcluster, callback_server, django_db_blocker):
         for name in names:
             down(name)
         qcluster.start()
-
-
-def _sweep_every_minute():
-    from django.utils import timezone
-    from django_q.models import Schedule
-
-    Schedule.objects.update_or_create(name="vmseal-sweep", defaults={
-        "func": "sealing.tasks.sweep", "schedule_type": Schedule.MINUTES, "minutes": 1, "repeats": -1,
-        "next_run": timezone.now()})
 
 
 def _host_row(api, th: TestHost, name: str, pool: str, **extra) -> int:
@@ -326,9 +315,7 @@ def hold_db(seconds: float) -> None:
         connection.close()
         subprocess.run([*ctl, "-m", "immediate", "-w", "stop"], check=True, capture_output=True)
         time.sleep(seconds)
-        subprocess.run([*ctl, "-w", "-l", f"{svc}/pg/server.log", "start", "-o",
-                        f"-p {os.environ['VMSEAL_DB_PORT']} -k {svc}/sock -c listen_addresses=127.0.0.1 "
-                        "-c fsync=off -c max_connections=200"], check=True, capture_output=True)
+        subprocess.run([str(ROOT / "scripts" / "services.sh"), "start"], check=True, capture_output=True)
         connection.close()
         return
     db = sqlite3.connect(str(connection.settings_dict["NAME"]), timeout=30, isolation_level=None)
