@@ -79,13 +79,14 @@ def main() -> int:
     args = ap.parse_args()
     made = setup()
     url = f"http://127.0.0.1:{args.port}"
+    name = time.strftime("demo-%Y%m%d-%H%M%S")  # templates of earlier runs stay in ./var/demo
     print(f"""
 vmseal demo
   admin:   {url}/admin/   user admin, password {made['password']}
   API:     {url}/api/     header 'Authorization: Token {made['token']}'
   host:    'demo' (id {made['host'].pk}) = test host {HOST} at {made['host'].address}, VM 'demo-vm' (2 disks, shut off)
   try:     curl -s -X POST -H 'Authorization: Token {made['token']}' -H 'Content-Type: application/json' \\
-             -d '{{"name": "demo-template", "host": {made['host'].pk}, "vm": "demo-vm", "seal": true}}' \\
+             -d '{{"name": "{name}", "host": {made['host'].pk}, "vm": "demo-vm", "seal": true}}' \\
              {url}/api/templates/
 """, flush=True)
     if args.no_serve:
