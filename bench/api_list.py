@@ -6,12 +6,12 @@ Prints the SQL queries one page costs at several places in the list (the same nu
 N+1), latency percentiles and throughput, and last `p99_ms=<n>`.
 
     .venv/bin/python bench/api_list.py [--db sqlite|postgresql] [--clients 32] [--seconds 20]
-                                       [--templates 10000] [--workers 2] [--think-ms 0]
+                                       [--templates 10000] [--workers 2] [--think-ms 1000]
 
 --db postgresql starts the private PostgreSQL of scripts/services.sh (and stops it at the end unless it
 was already running). Each client sends its next request when the previous answer arrived, plus a
-think time drawn uniformly from 0.5-1.5 x --think-ms (0: back to back, the most load the clients can
-make: a saturation test).
+think time drawn uniformly from 0.5-1.5 x --think-ms (default 1000: people and scripts paging about
+once a second; 0: back to back, the most load the clients can make, a saturation test).
 """
 
 import argparse
@@ -174,7 +174,7 @@ def main():
     ap.add_argument("--templates", type=int, default=10000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=4)
-    ap.add_argument("--think-ms", type=float, default=0)
+    ap.add_argument("--think-ms", type=float, default=1000)
     args = ap.parse_args()
     env, started_pg = setup_env(args.db)
     import django
