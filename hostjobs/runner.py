@@ -18,11 +18,12 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from hostjobs import hostops
 from hostjobs.errors import HostCommandFailed, HostError, HostUnreachable, VolumeRefused
-from hostjobs.models import LOG_LIMIT, HostJob, JobStatus
+from hostjobs.models import LOG_LIMIT, Host, HostJob, JobStatus
 
 log = logging.getLogger("vmseal.runner")
 POLL_MIN, POLL_MAX = 1.0, 10.0  # poll backoff, seconds
@@ -57,10 +58,6 @@ def reserve(host, action, *, limit: int, parent: HostJob, step: str, target: str
     (SQLite: the IMMEDIATE transaction's write lock), so concurrent workers never exceed the limit.
     A job this parent already reserved for the step and target is returned as is (a resumed flow).
     Raises JobAborted when ``should_abort`` says so while waiting."""
-    from django.db import transaction
-
-    from hostjobs.models import Host
-
     waited = False
     while True:
         mine = (parent.children.filter(step=step, action=action, target=target)
