@@ -88,15 +88,18 @@ def test_starting_an_existing_job_never_runs_it_twice(host_lib):
 
 def test_abort_stops_the_work_and_its_children(host_lib):
     call, _ = host_lib
-    job, st, _ = start(call, "sh", "-c", "sleep 300 & sleep 300; wait")
+    # a duration no other process on this machine uses, so pgrep finds only this job's sleeps
+    marker = f"sleep 300.{uuid.uuid4().int % 10**9:09d}"
+    job, st, _ = start(call, "sh", "-c", f"{marker} & {marker}; wait")
     time.sleep(0.5)
+    assert len(subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()) >= 2, "it runs"
     rc, end = call("job-abort", "--id", job)
     assert rc == 0
     assert end["status"] == "aborted"
     rc, again = call("job-abort", "--id", job)
     assert rc == 3
     assert again["error"] == "job_terminal"
-    out = subprocess.run(["pgrep", "-f", "[s]leep 300"], capture_output=True, text=True).stdout.split()
+    out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
     assert not out, "nothing of the aborted job is left running"
 
 
