@@ -190,6 +190,12 @@ class HostJob(models.Model):
         for k, v in fields.items():
             setattr(self, k, v)
 
+    def ended_meanwhile(self) -> bool:
+        """After a refused transition: True when the job has ended meanwhile (a host's push, a poll or
+        another worker ended it first; nothing to do), False when the refusal stands."""
+        self.refresh_from_db(fields=["status", "error", "error_code", "result"])
+        return self.is_terminal
+
     def start(self) -> None:
         self._transition(JobStatus.RUNNING, started=timezone.now())
 
@@ -198,6 +204,17 @@ class HostJob(models.Model):
 
     def fail(self, error: str, code: str = "error") -> None:
         self._transition(JobStatus.FAILED, error=error[:4000], error_code=code, completed=timezone.now())
+
+    def fail_unless_ended(self, error: str, code: str = "error") -> bool:
+        """Fail the job unless it has ended by the time the write happens (its deadline and its result
+        can arrive together). True when this call failed it."""
+        try:
+            self.fail(error, code)
+        except InvalidTransition:
+            if self.ended_meanwhile():
+                return False
+            raise
+        return True
 
     def request_abort(self) -> None:
         if self.status == JobStatus.PENDING:

@@ -22,7 +22,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from hostjobs import hostops
-from hostjobs.errors import HostCommandFailed, HostError, HostUnreachable, VolumeRefused
+from hostjobs.errors import HostCommandFailed, HostError, HostUnreachable, InvalidTransition, VolumeRefused
 from hostjobs.models import LOG_LIMIT, Host, HostJob, JobStatus
 
 log = logging.getLogger("vmseal.runner")
@@ -124,19 +124,23 @@ def apply_state(job: HostJob, state: dict, progress_of: Callable[[str], int | No
     job.refresh_from_db(fields=["status"])
     if job.is_terminal:
         return
-    if status == "done":
-        HostJob.objects.filter(pk=job.pk).update(result=state.get("result"))
-        job.result = state.get("result")
-        if job.status == JobStatus.RUNNING:
-            job.finish()
-    elif status == "aborted" or job.status == JobStatus.ABORTING:
-        job.mark_aborted(state.get("error") or "aborted")
-    else:
-        result = state.get("result") or {}
-        job.result = result
-        HostJob.objects.filter(pk=job.pk).update(result=result)
-        job.fail(state.get("error") or f"exit status {state.get('exit_code')}",
-                 "volume_refused" if state.get("exit_code") == 3 else "job_failed")
+    try:  # a push and a poll may bring the same end at once: the first to write it wins
+        if status == "done":
+            HostJob.objects.filter(pk=job.pk).update(result=state.get("result"))
+            job.result = state.get("result")
+            if job.status == JobStatus.RUNNING:
+                job.finish()
+        elif status == "aborted" or job.status == JobStatus.ABORTING:
+            job.mark_aborted(state.get("error") or "aborted")
+        else:
+            result = state.get("result") or {}
+            job.result = result
+            HostJob.objects.filter(pk=job.pk).update(result=result)
+            job.fail(state.get("error") or f"exit status {state.get('exit_code')}",
+                     "volume_refused" if state.get("exit_code") == 3 else "job_failed")
+    except InvalidTransition:
+        if not job.ended_meanwhile():
+            raise
 
 
 def wait(job: HostJob, *, progress_of=None, heartbeat: Callable[[], None] | None = None,
@@ -170,9 +174,7 @@ def wait(job: HostJob, *, progress_of=None, heartbeat: Callable[[], None] | None
                 poll(job, progress_of)  # one last look before giving up
             except HostError:
                 pass
-            job.refresh_from_db(fields=["status"])
-            if not job.is_terminal:
-                job.fail(f"no result from host {job.host} by the job's deadline", "deadline")
+            job.fail_unless_ended(f"no result from host {job.host} by the job's deadline", "deadline")
             return job
         if now >= next_poll:
             try:
@@ -186,8 +188,7 @@ def wait(job: HostJob, *, progress_of=None, heartbeat: Callable[[], None] | None
                         pass
                     continue
                 if e.detail == "no_such_job":  # the host answers, and does not know this job: it is lost
-                    if not job.is_terminal:
-                        job.fail(f"host {job.host} does not know this job", "unknown_job")
+                    job.fail_unless_ended(f"host {job.host} does not know this job", "unknown_job")
                     return job
                 raise
             except HostError as e:
@@ -200,7 +201,11 @@ def wait(job: HostJob, *, progress_of=None, heartbeat: Callable[[], None] | None
 
 def abort(job: HostJob) -> None:
     if job.status == JobStatus.RUNNING:
-        job.request_abort()
+        try:
+            job.request_abort()
+        except InvalidTransition:
+            if not job.ended_meanwhile():
+                raise
     try:
         state = hostops.helper(job.host, ["job-abort", "--id", str(job.id)], timeout=30)
     except VolumeRefused:  # already terminal on the host
@@ -232,9 +237,7 @@ def run(host, action, args: list[str], *, parent: HostJob, step: str, target: st
             except HostUnreachable:
                 pass  # unknown whether it started: the wait re-sends the start until the job's deadline
             except HostError as e:
-                job.refresh_from_db(fields=["status"])
-                if not job.is_terminal:
-                    job.fail(f"could not start on host {host}: {e}", e.code)
+                job.fail_unless_ended(f"could not start on host {host}: {e}", e.code)
                 raise
         wait(job, progress_of=progress_of, heartbeat=heartbeat, should_abort=should_abort,
              restart=lambda: start(job, args))

@@ -22,10 +22,12 @@ included, has ended.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import DatabaseError, connections
 from django.db.models import Q
 from django.utils import timezone
 
@@ -78,6 +80,32 @@ def renew(template_id: int) -> None:
 
 def release(template_id: int) -> None:
     Template.objects.filter(pk=template_id).update(lease_expires=None)
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews a flow's lease every LEASE/4 while its worker runs the flow, including while the worker
+    is blocked in a host command (an SSH command to a host whose link is down takes up to its
+    timeout, longer than the lease). Without it the sweeper would take the flow for orphaned and start
+    a second worker on it. The thread dies with its process: a killed worker's lease still expires."""
+
+    def __init__(self, template_id: int, every: float = LEASE.total_seconds() / 4):
+        super().__init__(name=f"vmseal-lease-{template_id}", daemon=True)
+        self.template_id, self.every = template_id, every
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self._halt.wait(self.every):
+                try:
+                    renew(self.template_id)
+                except DatabaseError as e:  # the database away for a moment: the next round retries
+                    log.warning("template %s: lease not renewed: %s", self.template_id, e)
+        finally:
+            connections.close_all()  # this thread's own connections
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
 
 
 class Context:
@@ -134,9 +162,12 @@ def _abort_reason(op: HostJob) -> str:
 def run(template_id: int) -> None:
     if not acquire(template_id):
         return  # another worker runs this flow
+    keeper = LeaseKeeper(template_id)
+    keeper.start()
     try:
         _run(template_id)
     finally:
+        keeper.stop()
         release(template_id)
 
 
@@ -332,9 +363,7 @@ def rollback(t: Template, op: HostJob, message: str, code: str) -> None:
             runner.abort(job)
         except HostError:
             pass
-        job.refresh_from_db(fields=["status"])
-        if not job.is_terminal:
-            job.fail("abandoned by the rollback", "rollback")
+        job.fail_unless_ended("abandoned by the rollback", "rollback")
     leftovers = delete_volumes(t, op, Phase.ROLLBACK, "rollback: delete")
     if leftovers:
         t.phase = Phase.FAILED

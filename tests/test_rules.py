@@ -177,6 +177,58 @@ def test_job_transitions_are_guarded():
     assert aborted.kind == "storage"
 
 
+@pytest.mark.django_db
+def test_a_result_and_the_deadline_arriving_together_end_the_job_once():
+    from hostjobs import runner
+    from hostjobs.models import Host, HostJob, JobAction
+
+    host = Host.objects.create(name="h", address="10.211.0.99", host_key="ssh-ed25519 AAAA")
+    job = HostJob.create(host, JobAction.SEAL)
+    job.start()
+    waiter = HostJob.objects.get(pk=job.pk)  # the worker's copy, about to give up at the deadline
+    runner.apply_state(job, {"status": "done", "result": {"exit_code": 0}})  # the host's push wins the race
+    assert waiter.fail_unless_ended("no result by the deadline", "deadline") is False
+    assert waiter.status == "done"
+    row = HostJob.objects.get(pk=job.pk)
+    assert (row.status, row.error, row.result) == ("done", "", {"exit_code": 0})
+    runner.apply_state(waiter, {"status": "failed", "exit_code": 1, "error": "late"})  # a late poll: ignored
+    assert HostJob.objects.get(pk=job.pk).status == "done"
+    other = HostJob.create(host, JobAction.COPY)
+    other.start()
+    assert other.fail_unless_ended("no result by the deadline", "deadline") is True
+    assert (HostJob.objects.get(pk=other.pk).status, other.error_code) == ("failed", "deadline")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_lease_keeper_renews_a_flows_lease_until_stopped():
+    import time
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from hostjobs.models import Host
+    from sealing import flow
+    from templates.models import Template
+
+    host = Host.objects.create(name="h", address="10.211.0.99", host_key="ssh-ed25519 AAAA")
+    t = Template.objects.create(name="leased", host=host, vm_name="v")
+    assert flow.acquire(t.pk)
+    assert not flow.acquire(t.pk), "one worker holds a flow's lease"
+    Template.objects.filter(pk=t.pk).update(lease_expires=timezone.now() - timedelta(seconds=1))
+    keeper = flow.LeaseKeeper(t.pk, every=0.05)
+    keeper.start()
+    try:
+        time.sleep(0.5)
+        renewed = Template.objects.get(pk=t.pk).lease_expires
+        assert renewed > timezone.now() + flow.LEASE - timedelta(seconds=2), "renewed while the worker is busy"
+    finally:
+        keeper.stop()
+    assert not keeper.is_alive()
+    Template.objects.filter(pk=t.pk).update(lease_expires=timezone.now() - timedelta(seconds=1))
+    time.sleep(0.2)
+    assert Template.objects.get(pk=t.pk).lease_expires < timezone.now(), "a stopped keeper renews nothing"
+
+
 def test_seal_options_become_single_argv_elements():
     opts = {"hostname": "web-01", "timezone": "Europe/Berlin",
             "ssh_keys": [{"user": "alice", "key": "ssh-ed25519 K c"}],
