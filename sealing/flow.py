@@ -374,11 +374,22 @@ def rollback(t: Template, op: HostJob, message: str, code: str) -> None:
     else:
         t.delete()
         op.append_log("rollback done: template and volumes removed\n")
-    op.refresh_from_db(fields=["status"])
-    if op.status == JobStatus.ABORTING:
-        op.mark_aborted(message)
-    elif op.status == JobStatus.RUNNING:
-        op.fail(message, code)
+    _end_operation(op, message, code)
+
+
+def _end_operation(op: HostJob, message: str, code: str) -> None:
+    """The operation ends aborted if a cancel reached it, else failed. A cancel can land between the
+    read and the write (RUNNING -> ABORTING): then read again, so the operation never stays unended."""
+    while True:
+        op.refresh_from_db(fields=["status"])
+        try:
+            if op.status == JobStatus.ABORTING:
+                op.mark_aborted(message)
+            elif op.status == JobStatus.RUNNING:
+                op.fail(message, code)
+            return
+        except InvalidTransition:
+            continue
 
 
 def delete_volumes(t: Template, op: HostJob, step: str, label: str) -> list[str]:
