@@ -208,6 +208,8 @@ class HostJob(models.Model):
     def fail_unless_ended(self, error: str, code: str = "error") -> bool:
         """Fail the job unless it has ended by the time the write happens (its deadline and its result
         can arrive together). True when this call failed it."""
+        if self.ended_meanwhile():  # also takes a change this copy missed (e.g. running -> aborting)
+            return False
         try:
             self.fail(error, code)
         except InvalidTransition:

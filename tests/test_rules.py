@@ -197,6 +197,12 @@ def test_a_result_and_the_deadline_arriving_together_end_the_job_once():
     other.start()
     assert other.fail_unless_ended("no result by the deadline", "deadline") is True
     assert (HostJob.objects.get(pk=other.pk).status, other.error_code) == ("failed", "deadline")
+    aborting = HostJob.create(host, JobAction.SEAL)
+    aborting.start()
+    stale = HostJob.objects.get(pk=aborting.pk)
+    aborting.request_abort()  # running -> aborting, which the stale copy missed
+    assert stale.fail_unless_ended("no result by the deadline", "deadline") is True
+    assert HostJob.objects.get(pk=aborting.pk).status == "failed"
 
 
 @pytest.mark.django_db(transaction=True)
