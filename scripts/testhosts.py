@@ -18,6 +18,8 @@ remounts /sys).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -31,6 +33,7 @@ BASE = Path(os.environ.get("VMSEAL_TESTHOSTS_DIR", "/var/tmp/vmseal-hosts"))
 BRIDGE = "vmsbr0"
 SUBNET = "10.211.0"
 BRIDGE_ADDR = f"{SUBNET}.1"
+BRIDGE_MAC = "02:76:6d:73:00:01"  # pinned: a bridge takes its lowest port's MAC, which changes as hosts come and go
 PREFIX = "vmseal-"  # every test host's netns name starts with this
 BIND_DIRS = {  # host path -> name of the private copy under the host's root
     "/etc/libvirt": "etc-libvirt",
@@ -46,26 +49,34 @@ def sh(*argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(argv, check=check, text=True, capture_output=True, **kw)
 
 
-def _index(name: str) -> int:
-    """A stable slot 10..249 for the host's address and interface names."""
+@contextlib.contextmanager
+def _slots():
+    """The slot table, locked (two test sessions on one machine may make hosts at the same time)."""
+    BASE.mkdir(parents=True, exist_ok=True)
     slots = BASE / "slots.json"
-    data = json.loads(slots.read_text()) if slots.exists() else {}
-    if name not in data:
-        used = set(data.values())
-        data[name] = next(i for i in range(10, 250) if i not in used)
-        BASE.mkdir(parents=True, exist_ok=True)
-        tmp = slots.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(slots)
-    return data[name]
+    with open(BASE / "slots.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(slots.read_text()) if slots.exists() else {}
+        before = dict(data)
+        yield data
+        if data != before:
+            tmp = slots.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data))
+            tmp.replace(slots)
+
+
+def _index(name: str) -> int:
+    """A stable slot 10..249 for the host's address, MAC and interface names."""
+    with _slots() as data:
+        if name not in data:
+            used = set(data.values())
+            data[name] = next(i for i in range(10, 250) if i not in used)
+        return data[name]
 
 
 def _release_index(name: str) -> None:
-    slots = BASE / "slots.json"
-    if slots.exists():
-        data = json.loads(slots.read_text())
+    with _slots() as data:
         data.pop(name, None)
-        slots.write_text(json.dumps(data))
 
 
 class TestHost:
@@ -94,6 +105,14 @@ class TestHost:
     @property
     def veth_in(self) -> str:
         return f"vmsn{self.idx}"
+
+    @property
+    def mac(self) -> str:
+        """The host's MAC, fixed by its slot: a slot used again (a host torn down, another made) keeps
+        its address *and* its MAC, so the machine's neighbour entry for the address stays right. With a
+        random MAC a stale entry black-holed the first connections to the new host for 6-8 s (until
+        the entry was probed out), longer than the app's SSH ConnectTimeout."""
+        return f"02:76:6d:73:00:{self.idx:02x}"
 
     @property
     def ssh_dir(self) -> Path:
@@ -137,13 +156,14 @@ class TestHost:
         if not self.netns.exists():
             sh("ip", "netns", "add", self.name)
         if sh("ip", "link", "show", self.veth_out, check=False).returncode != 0:
-            sh("ip", "link", "add", self.veth_out, "type", "veth", "peer", "name", self.veth_in)
+            sh("ip", "link", "add", self.veth_out, "type", "veth", "peer", "name", self.veth_in, "address", self.mac)
             sh("ip", "link", "set", self.veth_in, "netns", self.name)
             sh("ip", "link", "set", self.veth_out, "master", BRIDGE, "up")
         n = ["nsenter", f"--net={self.netns}", "--", "ip"]
         sh(*n, "link", "set", "lo", "up")
         sh(*n, "link", "set", self.veth_in, "up")
         sh(*n, "addr", "replace", f"{self.address}/24", "dev", self.veth_in)
+        _forget_neighbour(self.address)
 
     def _mnt_up(self) -> None:
         for src, copy in BIND_DIRS.items():
@@ -226,6 +246,7 @@ class TestHost:
             sh("ip", "link", "del", self.veth_out, check=False)
         if self.netns.exists():
             sh("ip", "netns", "del", self.name, check=False)
+        _forget_neighbour(self.address)
         shutil.rmtree(self.root, ignore_errors=True)
         _release_index(self.name)
         if not any(p.name.startswith(PREFIX) for p in Path("/run/netns").glob("*")):
@@ -254,8 +275,16 @@ class TestHost:
 def _bridge_up() -> None:
     if sh("ip", "link", "show", BRIDGE, check=False).returncode != 0:
         sh("ip", "link", "add", BRIDGE, "type", "bridge")
+    if Path(f"/sys/class/net/{BRIDGE}/address").read_text().strip() != BRIDGE_MAC:
+        sh("ip", "link", "set", BRIDGE, "address", BRIDGE_MAC)
     sh("ip", "addr", "replace", f"{BRIDGE_ADDR}/24", "dev", BRIDGE)
     sh("ip", "link", "set", BRIDGE, "up")
+
+
+def _forget_neighbour(address: str) -> None:
+    """Drop the machine's neighbour (ARP) entry for a test host's address, if the bridge has one."""
+    if sh("ip", "link", "show", BRIDGE, check=False).returncode == 0:
+        sh("ip", "neigh", "flush", "to", address, "dev", BRIDGE, check=False)
 
 
 def _is_mountpoint(p: Path) -> bool:
