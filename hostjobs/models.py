@@ -9,6 +9,7 @@ rollback included, has ended. Status changes go through guarded transitions (vds
     pending -> failed: a job its host never accepted (unreachable, refused) - so none stays pending
 """
 
+import contextlib
 import secrets
 import uuid
 
@@ -205,18 +206,25 @@ class HostJob(models.Model):
     def fail(self, error: str, code: str = "error") -> None:
         self._transition(JobStatus.FAILED, error=error[:4000], error_code=code, completed=timezone.now())
 
+    @contextlib.contextmanager
+    def unless_ended(self):
+        """Around a transition that may race the job's end (a push, a poll, another worker's write):
+        a refusal because the job has ended meanwhile is no error; any other refusal stands."""
+        try:
+            yield
+        except InvalidTransition:
+            if not self.ended_meanwhile():
+                raise
+
     def fail_unless_ended(self, error: str, code: str = "error") -> bool:
         """Fail the job unless it has ended by the time the write happens (its deadline and its result
         can arrive together). True when this call failed it."""
         if self.ended_meanwhile():  # also takes a change this copy missed (e.g. running -> aborting)
             return False
-        try:
+        with self.unless_ended():
             self.fail(error, code)
-        except InvalidTransition:
-            if self.ended_meanwhile():
-                return False
-            raise
-        return True
+            return True
+        return False
 
     def request_abort(self) -> None:
         if self.status == JobStatus.PENDING:

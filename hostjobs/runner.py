@@ -22,7 +22,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from hostjobs import hostops
-from hostjobs.errors import HostCommandFailed, HostError, HostUnreachable, InvalidTransition, VolumeRefused
+from hostjobs.errors import HostCommandFailed, HostError, HostUnreachable, VolumeRefused
 from hostjobs.models import LOG_LIMIT, Host, HostJob, JobStatus
 
 log = logging.getLogger("vmseal.runner")
@@ -124,7 +124,7 @@ def apply_state(job: HostJob, state: dict, progress_of: Callable[[str], int | No
     job.refresh_from_db(fields=["status"])
     if job.is_terminal:
         return
-    try:  # a push and a poll may bring the same end at once: the first to write it wins
+    with job.unless_ended():  # a push and a poll may bring the same end at once: the first to write it wins
         if status == "done":
             HostJob.objects.filter(pk=job.pk).update(result=state.get("result"))
             job.result = state.get("result")
@@ -138,9 +138,6 @@ def apply_state(job: HostJob, state: dict, progress_of: Callable[[str], int | No
             HostJob.objects.filter(pk=job.pk).update(result=result)
             job.fail(state.get("error") or f"exit status {state.get('exit_code')}",
                      "volume_refused" if state.get("exit_code") == 3 else "job_failed")
-    except InvalidTransition:
-        if not job.ended_meanwhile():
-            raise
 
 
 def wait(job: HostJob, *, progress_of=None, heartbeat: Callable[[], None] | None = None,
@@ -201,11 +198,8 @@ def wait(job: HostJob, *, progress_of=None, heartbeat: Callable[[], None] | None
 
 def abort(job: HostJob) -> None:
     if job.status == JobStatus.RUNNING:
-        try:
+        with job.unless_ended():
             job.request_abort()
-        except InvalidTransition:
-            if not job.ended_meanwhile():
-                raise
     try:
         state = hostops.helper(job.host, ["job-abort", "--id", str(job.id)], timeout=30)
     except VolumeRefused:  # already terminal on the host

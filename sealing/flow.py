@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from datetime import timedelta
 
 from django.conf import settings
@@ -67,39 +68,71 @@ def next_phase(phase: str, seal: bool) -> str:
 
 
 # -- lease ---------------------------------------------------------------------------------------------
-def acquire(template_id: int) -> bool:
-    now = timezone.now()
-    return bool(Template.objects.filter(pk=template_id)
-                .filter(Q(lease_expires__isnull=True) | Q(lease_expires__lt=now))
-                .update(lease_expires=now + LEASE))
+class LeaseLost(Exception):
+    """Another worker holds this flow's lease now (this one lost the database past the lease and the
+    sweeper gave the flow to another worker): stop at once and touch nothing of the flow."""
 
 
-def renew(template_id: int) -> None:
-    Template.objects.filter(pk=template_id).update(lease_expires=timezone.now() + LEASE)
+class Lease:
+    """A worker's hold on a flow: an expiry renewed while the worker runs it, and an owner token, so a
+    worker that was cut off past its expiry cannot renew, release or go on with a flow another worker
+    has taken over. Its heartbeat raises LeaseLost then."""
 
+    def __init__(self, template_id: int, token: str):
+        self.template_id, self.token = template_id, token
+        self.lost = threading.Event()
 
-def release(template_id: int) -> None:
-    Template.objects.filter(pk=template_id).update(lease_expires=None)
+    @classmethod
+    def acquire(cls, template_id: int) -> Lease | None:
+        """The flow's lease, if no live worker holds it (none, or expired)."""
+        now, token = timezone.now(), uuid.uuid4().hex
+        taken = (Template.objects.filter(pk=template_id)
+                 .filter(Q(lease_expires__isnull=True) | Q(lease_expires__lt=now))
+                 .update(lease_expires=now + LEASE, lease_owner=token))
+        return cls(template_id, token) if taken else None
+
+    def renew(self) -> bool:
+        """Extend the lease; False (and ``lost`` set) when another worker has taken it over."""
+        if self.lost.is_set():
+            return False
+        if Template.objects.filter(pk=self.template_id, lease_owner=self.token).update(
+                lease_expires=timezone.now() + LEASE):
+            return True
+        if Template.objects.filter(pk=self.template_id).exists():  # a removed template ends the flow anyway
+            self.lost.set()
+        return False
+
+    def heartbeat(self) -> None:
+        """Renew, or raise LeaseLost if the flow belongs to another worker now."""
+        if not self.renew() and self.lost.is_set():
+            raise LeaseLost(f"template {self.template_id}: another worker took this flow over")
+
+    def release(self) -> None:
+        Template.objects.filter(pk=self.template_id, lease_owner=self.token).update(lease_expires=None,
+                                                                                    lease_owner="")
 
 
 class LeaseKeeper(threading.Thread):
     """Renews a flow's lease every LEASE/4 while its worker runs the flow, including while the worker
     is blocked in a host command (an SSH command to a host whose link is down takes up to its
     timeout, longer than the lease). Without it the sweeper would take the flow for orphaned and start
-    a second worker on it. The thread dies with its process: a killed worker's lease still expires."""
+    a second worker on it. The thread dies with its process: a killed worker's lease still expires.
+    It stops once the lease is lost; the worker's next heartbeat then raises LeaseLost."""
 
-    def __init__(self, template_id: int, every: float = LEASE.total_seconds() / 4):
-        super().__init__(name=f"vmseal-lease-{template_id}", daemon=True)
-        self.template_id, self.every = template_id, every
+    def __init__(self, lease: Lease, every: float = LEASE.total_seconds() / 4):
+        super().__init__(name=f"vmseal-lease-{lease.template_id}", daemon=True)
+        self.lease, self.every = lease, every
         self._halt = threading.Event()
 
     def run(self) -> None:
         try:
             while not self._halt.wait(self.every):
                 try:
-                    renew(self.template_id)
+                    if not self.lease.renew() and self.lease.lost.is_set():
+                        log.warning("template %s: lease taken over by another worker", self.lease.template_id)
+                        return
                 except DatabaseError as e:  # the database away for a moment: the next round retries
-                    log.warning("template %s: lease not renewed: %s", self.template_id, e)
+                    log.warning("template %s: lease not renewed: %s", self.lease.template_id, e)
         finally:
             connections.close_all()  # this thread's own connections
 
@@ -111,11 +144,11 @@ class LeaseKeeper(threading.Thread):
 class Context:
     """What a step needs besides the template: its operation job, the lease heartbeat and the abort check."""
 
-    def __init__(self, t: Template, op: HostJob):
-        self.t, self.op = t, op
+    def __init__(self, t: Template, op: HostJob, lease: Lease):
+        self.t, self.op, self.lease = t, op, lease
 
     def heartbeat(self) -> None:
-        renew(self.t.pk)
+        self.lease.heartbeat()
 
     def abort_requested(self) -> bool:
         return HostJob.objects.filter(pk=self.op.pk, status__in=[JobStatus.ABORTING, JobStatus.ABORTED]).exists()
@@ -160,34 +193,37 @@ def _abort_reason(op: HostJob) -> str:
 
 # -- the flow ----------------------------------------------------------------------------------------------
 def run(template_id: int) -> None:
-    if not acquire(template_id):
+    lease = Lease.acquire(template_id)
+    if lease is None:
         return  # another worker runs this flow
-    keeper = LeaseKeeper(template_id)
+    keeper = LeaseKeeper(lease)
     keeper.start()
     try:
-        _run(template_id)
+        _run(template_id, lease)
+    except LeaseLost as e:  # the flow is another worker's now: leave everything to it
+        log.warning("%s; this worker stops", e)
     finally:
         keeper.stop()
-        release(template_id)
+        lease.release()
 
 
-def _run(template_id: int) -> None:
+def _run(template_id: int, lease: Lease) -> None:
     t = Template.objects.select_related("host", "job").filter(pk=template_id).first()
     if t is not None and t.job and t.job.action == JobAction.DELETE_TEMPLATE:
-        delete(t, t.job)
+        delete(t, t.job, lease)
         return
     if t is None or t.phase == Phase.DONE:
         return
     op = t.job
     if t.phase == Phase.FAILED:  # a clean-up that could not finish: try again
-        rollback(t, op, t.error or "clean-up retried", "rollback")
+        rollback(t, op, t.error or "clean-up retried", "rollback", lease)
         return
     if op.status == JobStatus.PENDING:
         op.start()
     if t.phase == Phase.ROLLBACK or op.status in (JobStatus.ABORTED, JobStatus.ABORTING):
-        rollback(t, op, t.error or _abort_reason(op), "aborted")
+        rollback(t, op, t.error or _abort_reason(op), "aborted", lease)
         return
-    ctx = Context(t, op)
+    ctx = Context(t, op, lease)
     phase = t.phase
     try:
         while t.phase != Phase.DONE:
@@ -196,17 +232,20 @@ def _run(template_id: int) -> None:
             STEPS[phase](ctx)
             if ctx.abort_requested():
                 raise Cancelled(_abort_reason(op))
+            lease.heartbeat()  # a phase is only recorded by the flow's owner
             t.phase = next_phase(phase, t.seal)
             t.save(update_fields=["phase", "status", "sealed", "updated"])
             op.append_log(f"{phase} done in {time.monotonic() - started:.1f}s\n")
             op.set_progress(PROGRESS[t.phase])
         op.finish()
+    except LeaseLost:
+        raise
     except Exception as e:  # every failure fails the whole operation
         code = getattr(e, "code", "error")
         message = f"{phase} failed: {e}" if not isinstance(e, Cancelled) else f"cancelled in {phase}: {e}"
         if not isinstance(e, VmsealError):
             log.exception("template %s: unexpected error in %s", t.pk, phase)
-        rollback(t, op, message, code)
+        rollback(t, op, message, code, lease)
 
 
 # -- steps ---------------------------------------------------------------------------------------------
@@ -350,7 +389,8 @@ def update_volume(ctx: Context, step: str, vol: Volume, *, legality: str | None 
     vol.mirror(job.result)
 
 
-def rollback(t: Template, op: HostJob, message: str, code: str) -> None:
+def rollback(t: Template, op: HostJob, message: str, code: str, lease: Lease) -> None:
+    lease.heartbeat()  # only the flow's owner rolls it back
     log.warning("template %s (%s): %s; rolling back", t.pk, t.name, message)
     t.status, t.phase, t.error, t.sealed = TemplateStatus.FAILED, Phase.ROLLBACK, message, False
     t.save(update_fields=["status", "phase", "error", "sealed", "updated"])
@@ -364,7 +404,7 @@ def rollback(t: Template, op: HostJob, message: str, code: str) -> None:
         except HostError:
             pass
         job.fail_unless_ended("abandoned by the rollback", "rollback")
-    leftovers = delete_volumes(t, op, Phase.ROLLBACK, "rollback: delete")
+    leftovers = delete_volumes(t, op, Phase.ROLLBACK, "rollback: delete", lease)
     if leftovers:
         t.phase = Phase.FAILED
         if "volumes left ILLEGAL" not in t.error:
@@ -392,7 +432,7 @@ def _end_operation(op: HostJob, message: str, code: str) -> None:
             continue
 
 
-def delete_volumes(t: Template, op: HostJob, step: str, label: str) -> list[str]:
+def delete_volumes(t: Template, op: HostJob, step: str, label: str, lease: Lease) -> list[str]:
     """Delete each of the template's volumes on its host (a storage job each) and its row. Returns what
     could not be deleted; those stay ILLEGAL (the host marks them so before unlinking anything)."""
     leftovers = []
@@ -403,7 +443,7 @@ def delete_volumes(t: Template, op: HostJob, step: str, label: str) -> list[str]
         try:
             runner.run(t.host, JobAction.DELETE, ["delete-volume", "--pool", t.host.pool_path, "--id", str(vol.id)],
                        parent=op, step=step, target=f"volume:{vol.id}", description=f"{label} {disk.target}",
-                       timeout=settings.VMSEAL_STORAGE_TIMEOUT, heartbeat=lambda: renew(t.pk))
+                       timeout=settings.VMSEAL_STORAGE_TIMEOUT, heartbeat=lease.heartbeat)
         except HostError as e:
             Volume.objects.filter(pk=vol.pk).update(legality=Legality.ILLEGAL)
             leftovers.append(f"{vol.id}: {e}")
@@ -418,14 +458,14 @@ def delete_volumes(t: Template, op: HostJob, step: str, label: str) -> list[str]
     return leftovers
 
 
-def delete(t: Template, op: HostJob) -> None:
+def delete(t: Template, op: HostJob, lease: Lease) -> None:
     """Delete a template: each volume on its host (a storage job each), then the row. A volume that
     cannot be deleted stays (ILLEGAL) and the template is kept failed; deleting it again retries."""
     if op.is_terminal:
         return
     if op.status == JobStatus.PENDING:
         op.start()
-    leftovers = delete_volumes(t, op, "DELETE", "delete")
+    leftovers = delete_volumes(t, op, "DELETE", "delete", lease)
     if leftovers:
         t.status, t.error = TemplateStatus.FAILED, f"delete incomplete: {'; '.join(leftovers)}"
         t.save(update_fields=["status", "error", "updated"])

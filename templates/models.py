@@ -54,8 +54,10 @@ class Template(models.Model):
     error = models.TextField(blank=True, default="")
     job = models.OneToOneField(HostJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="template")
     # Held by the worker running the flow and renewed while it waits; an expired lease on an unfinished
-    # template means its worker died, and the sweeper resumes the flow.
+    # template means its worker died, and the sweeper resumes the flow. The owner token fences a worker
+    # cut off past the expiry: it can no longer renew, and stops (sealing.flow.Lease).
     lease_expires = models.DateTimeField(null=True, blank=True)
+    lease_owner = models.CharField(max_length=32, blank=True, default="", editable=False)
     created = models.DateTimeField(auto_now_add=True, db_index=True)  # the lists' default order
     updated = models.DateTimeField(auto_now=True)
 
