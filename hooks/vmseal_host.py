@@ -14,7 +14,8 @@ replaced atomically (write + fsync + rename). A SHARED volume's data file is mad
   update-volume --pool P --id ID --generation N [--legality L] [--type T]
   delete-volume --pool P --id ID
   volume-info   --pool P --id ID
-  run [--writable ID]... [--pool P] [--env K=V]... -- ARGV...   (refuses SHARED volumes, then runs ARGV)
+  run [--writable ID]... [--pool P] [--env K=V]... -- ARGV...   (refuses SHARED volumes, then runs ARGV;
+                              stops it if the pool stays full: a paused appliance never ends by itself)
 
 Host jobs (durable, detached; state under /var/lib/vmseal/jobs/<id>/):
   job-start  --id ID          stdin: {"args": [subcommand...], "callback_url": U, "secret": S, "host": N}
@@ -167,8 +168,66 @@ def cmd_run(a):
     # The command opens the job's log; what would set a password is shown redacted.
     shown = [f"{x.split(':', 1)[0]}:<redacted>" if x.startswith("/etc/shadow:") else x for x in argv]
     print("$ " + " ".join(shlex.quote(x) for x in shown), flush=True)
-    proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    return {"exit_code": proc.returncode, "_exit": proc.returncode}
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    full_since = None
+    while True:
+        try:
+            rc = proc.wait(timeout=POOL_WATCH)
+            return {"exit_code": rc, "_exit": rc}
+        except subprocess.TimeoutExpired:
+            pass
+        if pool_free(a.pool) >= POOL_MIN_FREE:
+            full_since = None
+            continue
+        full_since = full_since or time.monotonic()
+        if time.monotonic() - full_since < POOL_FULL_GRACE:
+            continue
+        # qemu pauses a guest (virt-sysprep's appliance too) that hits ENOSPC, and waits: stop it.
+        for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            signal_command(proc, sig)
+            try:
+                proc.wait(timeout=grace)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+        message = (f"the template pool {a.pool} on this host is full (less than {POOL_MIN_FREE >> 10} KiB "
+                   f"free for {POOL_FULL_GRACE:.0f} s): {os.path.basename(argv[0])} was stopped")
+        print(f"vmseal: error: {message}", flush=True)
+        return {"exit_code": proc.wait(), "error": "pool_full", "message": message, "_exit": 4}
+
+
+POOL_WATCH = 2.0  # seconds between looks at the pool's free space while a command runs
+POOL_MIN_FREE = 1 << 20  # less than this, for POOL_FULL_GRACE seconds in a row, is a full pool
+POOL_FULL_GRACE = float(os.environ.get("VMSEAL_POOL_FULL_GRACE", "15"))
+
+
+def pool_free(pool):
+    """Bytes a root process can still write in ``pool`` (root may use the reserved blocks)."""
+    try:
+        st = os.statvfs(pool)
+    except OSError:
+        return POOL_MIN_FREE  # not ours to judge
+    return st.f_bfree * st.f_frsize
+
+
+def signal_command(proc, sig):
+    """Signal the command and what it started (virt-sysprep's appliance): every process of this
+    helper's process group but the helper, which lives on to report why. (Run by hand, outside a
+    job's own session, only the command itself.)"""
+    me, group = os.getpid(), os.getpgid(0)
+    if group != me:
+        proc.send_signal(sig)
+        return
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                pgrp = int(f.read().rsplit(")", 1)[1].split()[2])
+            if pgrp == group:
+                os.kill(int(entry), sig)
+        except (OSError, ValueError, IndexError):
+            pass
 
 
 # -- host jobs ------------------------------------------------------------------------------------------

@@ -335,6 +335,8 @@ def seal(ctx: Context) -> None:
         if code is None:
             raise
         _record_seal(t, job.log, passed=False)
+        if job.result.get("error") == "pool_full":  # the host's helper stopped a seal its full pool had stalled
+            raise FlowFailed(job.result.get("message") or "the template pool is full") from e
         refusal = sysprep.refusal_of(job.log)
         if refusal:
             raise GuestRefused(refusal) from e

@@ -117,7 +117,7 @@ def prepare(cell: Cell, api) -> None:
         cell.th.exec("mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", pool)
     extra = {"copy_rate_limit": 2 << 20} if cell.phase == "COPY_DISKS" else {}
     if (cell.fault, cell.phase) == ("pool_full", "SEAL"):
-        extra["seal_timeout"] = 100  # its appliance hangs on the full pool: only the deadline ends it
+        extra["seal_timeout"] = 200  # its appliance pauses on the full pool: the host's helper must stop it first
     cell.host_id = _host_row(api, cell.th, f"h-{cell.key}", pool, **extra)
 
 
@@ -359,7 +359,7 @@ def matrix(env, django_db_blocker):
     hosts = env["hosts"]
     cells = {}
     lanes: list[list[Cell]] = [[] for _ in range(LANES)]
-    # pool_full in SEAL waits for the seal's deadline (a paused appliance): first in its lane
+    # pool_full in SEAL is the longest cell (the full pool must last the helper's grace): first in its lane
     order = [("pool_full", "SEAL")] + [(f, p) for f in LOCAL for p in PHASES if (f, p) != ("pool_full", "SEAL")]
     for i, (f, p) in enumerate(order):
         c = Cell(f, p, hosts[i % LANES])
@@ -410,6 +410,8 @@ def test_cell(matrix, fault, phase):
     else:
         assert t is None, f"a failed operation leaves no template: {t}"
         assert op["error"], "a failed operation says why"
+    if fault == "pool_full":  # said as such (SEAL: stopped by the host's helper, not by the seal's deadline)
+        assert "is full" in op["error"] or "No space left" in op["error"], op["error"]
     assert not s["legal_not_ok"], s["legal_not_ok"]
     # the source is untouched, and the pool holds exactly what the DB knows
     assert s["after"] == cell.before, "source disks changed"

@@ -24,7 +24,7 @@ def host_lib(tmp_path):
     (lib / "vmseal_host.py").write_text(HELPER.read_text())
     (lib / "vmseal_rules.py").write_text(RULES.read_text())
     jobs = tmp_path / "jobs"
-    env = {**os.environ, "VMSEAL_JOBS_DIR": str(jobs)}
+    env = {**os.environ, "VMSEAL_JOBS_DIR": str(jobs), "VMSEAL_POOL_FULL_GRACE": "1"}
 
     def call(*args, stdin=None):
         p = subprocess.run([sys.executable, str(lib / "vmseal_host.py"), *args], input=stdin, capture_output=True,
@@ -101,6 +101,42 @@ def test_abort_stops_the_work_and_its_children(host_lib):
     assert again["error"] == "job_terminal"
     out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
     assert not out, "nothing of the aborted job is left running"
+
+
+@pytest.fixture
+def small_pool(tmp_path):
+    """A 1 MiB tmpfs as a template pool, and a way to fill it."""
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(pool)], check=True)
+    try:
+        yield pool, lambda: subprocess.run(["dd", "if=/dev/zero", f"of={pool}/filler", "bs=64k"],
+                                           capture_output=True)
+    finally:
+        subprocess.run(["umount", str(pool)], check=False)
+
+
+def test_a_command_stalled_on_a_full_pool_is_stopped_and_says_so(host_lib, small_pool):
+    """qemu pauses virt-sysprep's appliance when the pool fills up, and nothing ends it but the job's
+    deadline (30 min by default); the helper stops the command once the pool has stayed full for the
+    grace (1 s here), with everything the command started, and says why."""
+    call, _ = host_lib
+    pool, fill = small_pool
+    marker = f"sleep 300.{uuid.uuid4().int % 10**9:09d}"
+    job = str(uuid.uuid4())
+    spec = json.dumps({"args": ["run", "--pool", str(pool), "--", "sh", "-c", f"{marker} & {marker}; wait"],
+                       "host": 1})
+    assert call("job-start", "--id", job, stdin=spec)[0] == 0
+    time.sleep(3)
+    assert call("job-status", "--id", job)[1]["status"] == "running", "a pool with room: the command runs on"
+    fill()
+    end = wait_terminal(call, job, timeout=20)
+    assert end["status"] == "failed"
+    assert end["result"]["error"] == "pool_full"
+    assert f"the template pool {pool} on this host is full" in end["error"]
+    assert "vmseal: error: the template pool" in call("job-status", "--id", job)[1]["log"]
+    out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+    assert not out, "nothing of the stopped command is left running"
 
 
 def test_a_runner_that_vanished_reads_as_failed(host_lib):
