@@ -359,7 +359,7 @@ def matrix(env, django_db_blocker):
     hosts = env["hosts"]
     cells = {}
     lanes: list[list[Cell]] = [[] for _ in range(LANES)]
-    # pool_full in SEAL is the longest cell (the full pool must last the helper's grace): first in its lane
+    # pool_full in SEAL first in its lane (its own tmpfs pool; it was the longest cell while it waited out a deadline)
     order = [("pool_full", "SEAL")] + [(f, p) for f in LOCAL for p in PHASES if (f, p) != ("pool_full", "SEAL")]
     for i, (f, p) in enumerate(order):
         c = Cell(f, p, hosts[i % LANES])
