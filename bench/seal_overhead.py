@@ -67,7 +67,7 @@ def vmseal_run(api, host, i):
 
 def raw_run(disks, i):
     outs = [f"/var/lib/vmseal/raw/{i}-{n}.qcow2" for n in range(len(disks))]
-    argv = sysprep.build_command([(o, "qcow2") for o in outs])
+    argv = sysprep.build_command([(o, "qcow2") for o in outs]).argv
     script = "set -e; mkdir -p /var/lib/vmseal/raw; " + "; ".join(
         f"qemu-img convert -f qcow2 -O qcow2 {src} {dst}" for src, dst in zip(disks, outs, strict=True))
     t0 = time.monotonic()

@@ -1,17 +1,32 @@
 #!/bin/sh
 # vmseal's post-seal audit. virt-sysprep's customize step runs it (--run) last, inside the same
-# appliance session as the seal (no extra launch), in the guest (chroot), after every identity
-# operation (only lvm-uuids runs later). POSIX sh and common tools only. One line per item:
+# appliance session as the seal (no extra launch), in the guest (chroot into the guest's filesystems,
+# inside the libguestfs appliance), after every identity operation (only lvm-uuids runs later). POSIX
+# sh and common tools only. It reports what the guest is, then one line per item:
+#   vmseal-guest {"id": ..., "version_id": ..., "pretty_name": ...}
 #   vmseal-audit <ok|FAIL> <item>: <detail>
 # Exits 1 if any item failed: virt-sysprep then fails and prints these lines. The expected host
 # name is in /tmp/vmseal-audit-hostname (written by --write just before).
+#
+# The same lines are written to vmseal's report disk, a small raw disk the host's helper adds to the
+# appliance after the guest's own (it starts with REPORT_MAGIC): that is how they reach the host when
+# virt-sysprep succeeds, without anything on the host reading the guest's files. They are the guest's
+# word about itself (its own /bin/sh runs this): the app records them, and trusts them for nothing.
+REPORT_MAGIC=VMSEAL-REPORT-V1
+REPORT_FILE=/tmp/vmseal-report.$$
+: > "$REPORT_FILE"
+say() { echo "$1"; echo "$1" >> "$REPORT_FILE"; }
 HOSTNAME_WANTED=$(cat /tmp/vmseal-audit-hostname 2>/dev/null)
 HOSTNAME_WANTED="${HOSTNAME_WANTED:-localhost}"
 failed=0
 report() { # ok|FAIL item detail
-  echo "vmseal-audit $1 $2: $3"
+  say "vmseal-audit $1 $2: $3"
   [ "$1" = ok ] || failed=1
 }
+release=/etc/os-release
+[ -f "$release" ] || release=/usr/lib/os-release
+field() { [ -f "$release" ] && sed -n "s/^$1=//p" "$release" | head -n 1 | tr -d '"\\' | tr -cd ' -~' | head -c 200; }
+say "vmseal-guest {\"id\": \"$(field ID)\", \"version_id\": \"$(field VERSION_ID)\", \"pretty_name\": \"$(field PRETTY_NAME)\"}"
 found=""
 add() { found="${found:+$found, }$1"; }
 check_empty() { # item
@@ -71,4 +86,13 @@ for f in /var/lib/systemd/random-seed /var/lib/random-seed /var/lib/urandom/rand
 check_empty "random seed"
 [ -f /etc/lvm/devices/system.devices ] && add /etc/lvm/devices/system.devices
 check_empty "LVM system.devices"
+report_dev=""
+for d in /dev/sd* /dev/vd* /dev/xvd* /dev/hd*; do
+  [ -b "$d" ] || continue
+  [ "$(head -c 16 "$d" 2>/dev/null)" = "$REPORT_MAGIC" ] && report_dev=$d
+done
+if [ -n "$report_dev" ]; then
+  { echo "$REPORT_MAGIC"; head -c 65536 "$REPORT_FILE"; } > "$report_dev"
+fi
+rm -f "$REPORT_FILE"
 exit $failed

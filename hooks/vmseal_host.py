@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """vmseal's helper on a hypervisor host. Stdlib only; it imports nothing of the app. Shipped next to
-``vmseal_rules.py`` (the app's volumes/rules.py) and the two scripts virt-sysprep runs for vmseal
-(``sysprep_script.sh``, ``guest_audit.sh``).
+``vmseal_rules.py`` (the app's volumes/rules.py) and the two scripts virt-sysprep runs for vmseal in
+the guest, inside its appliance (``guest_prepare.sh``, ``guest_audit.sh``). Nothing here reads or
+writes a guest's files: the only guest-made bytes it reads are the report disk's (``run
+--report-disk``), which it prints into the job's log, filtered, as the guest's word.
 
 Every subcommand prints one JSON object on its last stdout line. On refusal it prints
 ``{"error": <code>, "message": ...}`` and exits 3; other failures exit 1.
@@ -14,12 +16,18 @@ replaced atomically (write + fsync + rename). A SHARED volume's data file is mad
   update-volume --pool P --id ID --generation N [--legality L] [--type T]
   delete-volume --pool P --id ID
   volume-info   --pool P --id ID
-  run [--writable ID]... [--pool P] [--env K=V]... -- ARGV...   (refuses SHARED volumes, then runs ARGV;
-                              stops it if the pool stays full: a paused appliance never ends by itself)
+  run [--writable ID]... [--pool P] [--env K=V]... [--report-disk NAME] -- ARGV...
+                              refuses SHARED volumes, then runs ARGV; stops it if the pool stays full (a
+                              paused appliance never ends by itself). --report-disk: a 1 MiB raw file
+                              made before (REPORT_MAGIC first) and read after: its vmseal-* lines are
+                              printed, then it is removed
 
 Host jobs (durable, detached; state under /var/lib/vmseal/jobs/<id>/):
-  job-start  --id ID          stdin: {"args": [subcommand...], "callback_url": U, "secret": S, "host": N}
-                              returns at once; starting an existing job never runs it twice
+  job-start  --id ID          stdin: {"args": [subcommand...], "callback_url": U, "secret": S, "host": N,
+                              "files": {NAME: TEXT}}
+                              returns at once; starting an existing job never runs it twice. The job's
+                              command runs in the job's directory, where each of "files" is written
+                              0600 first (what must not be in an argv) and removed when it ends
   job-status --id ID [--log-offset N]
   job-abort  --id ID
   job-clear  --id ID          removes a terminal job's directory
@@ -154,7 +162,50 @@ def cmd_info(a):
     return {**meta, "path": data, "mode": oct(st.st_mode & 0o777), **image_info(data)}
 
 
+REPORT_MAGIC = b"VMSEAL-REPORT-V1"  # hooks/guest_audit.sh looks for it
+REPORT_SIZE = 1 << 20
+REPORT_LINE = re.compile(r"^vmseal-(guest|audit) [\x20-\x7e]{1,1000}$")
+
+
+def make_report_disk(path):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(REPORT_MAGIC + b"\n")
+        f.truncate(REPORT_SIZE)
+
+
+def print_report(path):
+    """Print what the guest wrote on the report disk: its vmseal-guest and vmseal-audit lines, printable
+    ASCII only, at most 200. The guest's own word: shown and recorded, trusted for nothing."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(REPORT_SIZE)
+    except FileNotFoundError:
+        return
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    if not data.startswith(REPORT_MAGIC + b"\n"):
+        return
+    text = data[len(REPORT_MAGIC) + 1:].split(b"\0", 1)[0].decode("ascii", "replace")
+    lines = [ln for ln in text.splitlines() if REPORT_LINE.match(ln)][:200]
+    if lines:
+        print("vmseal: the guest's report:\n" + "\n".join(lines), flush=True)
+
+
 def cmd_run(a):
+    if a.report_disk:
+        make_report_disk(a.report_disk)
+    try:
+        return _run(a)
+    finally:
+        if a.report_disk:
+            print_report(a.report_disk)
+
+
+def _run(a):
     for vol_id in a.writable:
         _data, meta_path = vol_paths(a.pool, vol_id)
         rules.check_writable(read_meta(meta_path))
@@ -165,9 +216,8 @@ def cmd_run(a):
     argv = a.argv[1:] if a.argv and a.argv[0] == "--" else a.argv
     if not argv:
         raise Refused("no_command", "run needs a command after --")
-    # The command opens the job's log; what would set a password is shown redacted.
-    shown = [f"{x.split(':', 1)[0]}:<redacted>" if x.startswith("/etc/shadow:") else x for x in argv]
-    print("$ " + " ".join(shlex.quote(x) for x in shown), flush=True)
+    # The command opens the job's log (secrets are never in an argv: they come in the job's files).
+    print("$ " + " ".join(shlex.quote(x) for x in argv), flush=True)
     proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     full_since = None
     while True:
@@ -234,6 +284,8 @@ def signal_command(proc, sig):
 JOBS_DIR = os.environ.get("VMSEAL_JOBS_DIR", "/var/lib/vmseal/jobs")
 PUSH_LOG_MAX = 48 * 1024  # the app takes callback bodies up to 64 KiB
 TERMINAL = ("done", "failed", "aborted")
+# a spec's files: plain names, never the runner's own (spec.json, state.json, log)
+JOB_FILE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}\.(cmds|txt)$")
 
 
 def job_dir(job_id):
@@ -319,6 +371,15 @@ def cmd_job_start(a):
         os.mkdir(d, 0o700)
     except FileExistsError:
         return observed(d)  # started before (a retried request, a resumed flow): never run it twice
+    files = spec.get("files") or {}
+    if not isinstance(files, dict) or not all(isinstance(n, str) and JOB_FILE_RE.match(n) and isinstance(t, str)
+                                              for n, t in files.items()):
+        os.rmdir(d)
+        raise Refused("bad_spec", "job-start: files must be {name: text} with plain file names")
+    for name, text in files.items():  # before the spec and state: a job that exists has them
+        fd = os.open(os.path.join(d, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
     write_json(os.path.join(d, "spec.json"), spec, mode=0o600)  # holds the callback secret
     write_json(os.path.join(d, "state.json"), {"id": a.id, "status": "pending", "progress": 0,
                                                 "created": time.time()})
@@ -345,7 +406,7 @@ def cmd_job_exec(a):
     with open(os.path.join(d, "log"), "ab", buffering=0) as log:
         child = subprocess.Popen([sys.executable, os.path.abspath(__file__), *spec["args"]],
                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+                                 start_new_session=True, cwd=d)
         update_state(d, child_pid=child.pid)
         last = b""
         for line in child.stdout:
@@ -353,6 +414,11 @@ def cmd_job_exec(a):
             if line.strip():
                 last = line
         rc = child.wait()
+    for name in spec.get("files") or {}:
+        try:
+            os.unlink(os.path.join(d, name))
+        except FileNotFoundError:
+            pass
     result = None
     try:
         parsed = json.loads(last.decode("utf-8", "replace"))
@@ -534,6 +600,7 @@ def main(argv=None):
     r.add_argument("--pool", default="/")
     r.add_argument("--writable", action="append", default=[])
     r.add_argument("--env", action="append", default=[])
+    r.add_argument("--report-disk")
     r.add_argument("argv", nargs=argparse.REMAINDER)
     sub.add_parser("sysprep-operations")
     hi = sub.add_parser("host-info")

@@ -80,10 +80,12 @@ def reserve(host, action, *, limit: int, parent: HostJob, step: str, target: str
         time.sleep(interval)
 
 
-def start(job: HostJob, args: list[str]) -> None:
-    """Start ``args`` (a helper subcommand) as host job ``job``; idempotent."""
+def start(job: HostJob, args: list[str], files: dict[str, str] | None = None) -> None:
+    """Start ``args`` (a helper subcommand) as host job ``job``; idempotent. ``files`` ({name: text}) are
+    written 0600 in the job's directory on the host, where the command runs: what must not be in an
+    argv (the spec goes on stdin)."""
     spec = {"args": args, "callback_url": callback_url(job.host), "secret": job.host.callback_secret,
-            "host": job.host_id}
+            "host": job.host_id, "files": files or {}}
     # Running before the host is asked: a fast job's pushed end must find the row running, not pending.
     if job.status == JobStatus.PENDING:
         job.start()
@@ -216,7 +218,8 @@ def clear(job: HostJob) -> None:
 
 
 def run(host, action, args: list[str], *, parent: HostJob, step: str, target: str, description: str,
-        timeout: float, progress_of=None, heartbeat=None, should_abort=None) -> HostJob:
+        timeout: float, progress_of=None, heartbeat=None, should_abort=None,
+        files: dict[str, str] | None = None) -> HostJob:
     """Run a host job to its end and return it, re-attaching to one this parent already started for
     the same step and target. Raises JobFailed / JobAborted when it did not end done."""
     job = (parent.children.filter(step=step, action=action, target=target)
@@ -227,14 +230,14 @@ def run(host, action, args: list[str], *, parent: HostJob, step: str, target: st
     if job.status in (JobStatus.PENDING, JobStatus.RUNNING):
         if job.status == JobStatus.PENDING or job.last_seen is None:
             try:
-                start(job, args)
+                start(job, args, files)
             except HostUnreachable:
                 pass  # unknown whether it started: the wait re-sends the start until the job's deadline
             except HostError as e:
                 job.fail_unless_ended(f"could not start on host {host}: {e}", e.code)
                 raise
         wait(job, progress_of=progress_of, heartbeat=heartbeat, should_abort=should_abort,
-             restart=lambda: start(job, args))
+             restart=lambda: start(job, args, files))
         job.refresh_from_db()
         if not job.host_cleared:
             try:

@@ -8,6 +8,9 @@ Shapes:
   blank  one empty ext4 disk: no operating system
   windows one NTFS disk with a Windows directory layout
   noinit one disk like "one" but without an init system (no /etc/systemd, /etc/init.d)
+  hostile one disk like "one" whose /etc/os-release, a NetworkManager keyfile and /etc/network/interfaces.d
+         are absolute symlinks to HOSTILE_TARGET on the hypervisor host (its real os-release stays in
+         /usr/lib): what a guest's owner plants to make a host-side script read or write the host's files
 
     scripts/guestdisk.py OUTDIR SHAPE [PREFIX]   # prints the qcow2 paths, one per line
 
@@ -56,6 +59,15 @@ IDENTITY = {
     "/var/log/lastlog": "lastlog-golden",
     "/var/lib/dhcp/dhclient.eth0.leases": f'lease {{ interface "eth0"; fixed-address 192.0.2.50; }} # {MAC}\n',
     "/var/lib/systemd/random-seed": "golden-random-seed",
+}
+
+# Where the hostile guest's symlinks point: a directory the tests plant on the test host (private to the
+# host's mount namespace), with a file per link holding a marker.
+HOSTILE_TARGET = "/var/lib/vmseal/hostile-marker"
+HOSTILE_LINKS = {
+    "/etc/os-release": f"{HOSTILE_TARGET}/os-release",
+    "/etc/NetworkManager/system-connections/host.nmconnection": f"{HOSTILE_TARGET}/host.nmconnection",
+    "/etc/network/interfaces.d": f"{HOSTILE_TARGET}/interfaces.d",
 }
 
 BASE_FILES = {
@@ -130,7 +142,7 @@ def build(outdir: str | os.PathLike, shape: str = "two", prefix: str = "guest", 
             return [out / f"{prefix}-blank.qcow2"]
         if shape == "windows":
             return [_windows(t, out / f"{prefix}-c.qcow2")]
-        if shape not in ("one", "two", "noinit"):
+        if shape not in ("one", "two", "noinit", "hostile"):
             raise ValueError(f"unknown shape {shape!r}")
         root_uuid, var_uuid = str(uuid.uuid4()), str(uuid.uuid4())
         fstab = f"UUID={root_uuid} / ext4 defaults 0 1\n"
@@ -145,6 +157,12 @@ def build(outdir: str | os.PathLike, shape: str = "two", prefix: str = "guest", 
             (vardir / "tmp").mkdir(exist_ok=True)
         else:
             _write_root(rootdir, files, init=shape != "noinit")
+        if shape == "hostile":
+            (rootdir / "usr/lib/os-release").write_text(BASE_FILES["/etc/os-release"])
+            for link, target in HOSTILE_LINKS.items():
+                (rootdir / link.lstrip("/")).unlink(missing_ok=True)
+                (rootdir / link.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(target, rootdir / link.lstrip("/"))
         if filler_mb:
             (rootdir / "srv").mkdir(exist_ok=True)
             with open(rootdir / "srv" / "filler.bin", "wb") as f:

@@ -3,10 +3,11 @@
     CREATE_TEMPLATE -> COPY_DISKS -> ASSIGN_ILLEGAL -> SEAL -> ASSIGN_LEGAL_SHARED -> DONE
     (seal=false: CREATE_TEMPLATE -> COPY_DISKS -> ASSIGN_LEGAL_SHARED -> DONE)
 
-SEAL is one virt-sysprep run, and vmseal's checks run inside its appliance session (one launch, see
-``sealing.sysprep``): a guard that refuses anything but one unencrypted Linux guest, and the audit,
-which fails the run if any identity item is left. Either refusal fails SEAL: the copies are deleted
-and nothing was ever LEGAL.
+SEAL is one virt-sysprep run, and vmseal's checks run inside its appliance session, in the guest (one
+launch, see ``sealing.sysprep``; nothing runs over the guest's files on the host): a guard that refuses
+anything but one unencrypted Linux guest, and the audit, which fails the run if any identity item is
+left. What the guest reports (its os-release, the audit's lines) is recorded, never trusted. Either
+refusal fails SEAL: the copies are deleted and nothing was ever LEGAL.
 
 and on any failure or cancel ROLLBACK -> (template removed) or FAILED (a volume could not be deleted:
 it stays ILLEGAL, and the sweeper retries the clean-up when the host is back).
@@ -175,13 +176,14 @@ class Context:
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
 
-    def host_job(self, action, step, target, description, args, *, timeout, progress_of=None) -> HostJob:
+    def host_job(self, action, step, target, description, args, *, timeout, progress_of=None,
+                 files=None) -> HostJob:
         if self.abort_requested():
             raise Cancelled("cancelled on request")
         try:
             return runner.run(self.t.host, action, args, parent=self.op, step=step, target=target,
                               description=description, timeout=timeout, progress_of=progress_of,
-                              heartbeat=self.heartbeat, should_abort=self.abort_requested)
+                              heartbeat=self.heartbeat, should_abort=self.abort_requested, files=files)
         except runner.JobAborted:
             raise Cancelled(_abort_reason(self.op)) from None
 
@@ -309,9 +311,10 @@ def seal(ctx: Context) -> None:
     t = ctx.t
     vols = _volumes(t)
     lib = hostops.remote_dir()
-    argv = sysprep.build_command([(v.path, v.format) for v in vols], t.seal_options,
-                                 script=f"{lib}/sysprep_script.sh", audit_script=f"{lib}/guest_audit.sh")
-    args = ["run", "--pool", t.host.pool_path]
+    command = sysprep.build_command([(v.path, v.format) for v in vols], t.seal_options,
+                                    prepare_script=f"{lib}/guest_prepare.sh", audit_script=f"{lib}/guest_audit.sh",
+                                    report_disk=sysprep.REPORT_DISK)
+    args = ["run", "--pool", t.host.pool_path, "--report-disk", sysprep.REPORT_DISK]
     for v in vols:
         args += ["--writable", str(v.id)]
     args += _guest_env(t.host)
@@ -327,8 +330,8 @@ def seal(ctx: Context) -> None:
         raise Cancelled(_abort_reason(ctx.op)) from None
     try:
         job = ctx.host_job(JobAction.SEAL, Phase.SEAL, f"template:{t.pk}", description,
-                           [*args, "--", *argv], timeout=timeout,
-                           progress_of=sysprep.progress_of)
+                           [*args, "--", *command.argv], timeout=timeout,
+                           progress_of=sysprep.progress_of, files=command.files)
     except runner.JobFailed as e:
         job = ctx.op.children.filter(step=Phase.SEAL).order_by("-created").first()
         code = (job.result or {}).get("exit_code") if job else None

@@ -15,7 +15,7 @@ import zoneinfo
 from rest_framework import serializers
 
 from hostjobs.transport import parse_host_key
-from sealing.sysprep import REQUIRED_OPERATIONS
+from sealing.sysprep import FORBIDDEN_OPERATIONS, REQUIRED_OPERATIONS
 
 HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -123,7 +123,12 @@ class SealOptionsSerializer(serializers.Serializer):
         if required:
             raise serializers.ValidationError({"operations_remove": [
                 f"{required[0]!r} cannot be removed: vmseal's Linux guard and audit run in the "
-                f"{' and '.join(REQUIRED_OPERATIONS)} operations"]})
+                f"{' and '.join(REQUIRED_OPERATIONS)} operation"]})
+        forbidden = sorted(set(data.get("operations_add", [])) & set(FORBIDDEN_OPERATIONS))
+        if forbidden:
+            raise serializers.ValidationError({"operations_add": [
+                f"{forbidden[0]!r} cannot be added: it runs a program on the host over the guest's "
+                "FUSE-mounted files, and vmseal never lets guest content reach the host"]})
         return data
 
     def to_stored(self) -> dict:

@@ -4,15 +4,25 @@ disk is silently skipped), ``--hostname localhost``, a pinned ``--operations`` l
 does not drift with the host's guestfs-tools version, and ``--truncate /etc/machine-id`` after the
 ``customize`` step (which otherwise writes a fresh random machine-id into the template).
 
-vmseal's Linux-only guard and its audit run inside virt-sysprep's own appliance session, so a seal
-costs one appliance launch (12-60 s each without KVM), not three:
+**Guest content is hostile.** Nothing of vmseal runs over a guest's files on the host: virt-sysprep's
+``script`` operation (which runs a host program on the guest FUSE-mounted on the host, where the
+guest's absolute symlinks point into the host) is never used and cannot be added. Everything that
+touches the guest runs inside the libguestfs appliance, in the guest's own root:
 
-- the ``script`` operation (``hooks/sysprep_script.sh``, on the host, guest FUSE-mounted) refuses
-  non-Linux guests, reports the guest's os-release and scrubs MAC pinning;
-- the last ``customize`` action, ``--run hooks/guest_audit.sh`` (in the guest, after every identity
-  operation but lvm-uuids), checks every item in AUDIT_ITEMS and fails the run if one is left.
+- the first ``customize`` action, ``--run hooks/guest_prepare.sh``, refuses non-Linux guests and
+  scrubs MAC pinning;
+- the last ``customize`` action, ``--run hooks/guest_audit.sh`` (after every identity operation but
+  lvm-uuids), reports what the guest is and checks every item in AUDIT_ITEMS, failing the run if one
+  is left. It writes the same lines to the **report disk**: a 1 MiB raw file the host's helper makes
+  in the job's directory (``run --report-disk``), added to the appliance as the last disk, which the
+  helper reads back after the run. Those lines are the guest's own word, recorded, never trusted.
 
-So ``script`` and ``customize`` cannot be removed from the operations (sealing.options refuses it).
+So a seal costs one appliance launch (12-60 s each without KVM), and ``customize`` cannot be removed
+from the operations (sealing.options refuses it).
+
+The root password hash never appears in an argv: its ``edit /etc/shadow`` goes to a commands file
+(``--commands-from-file``) that the job's spec carries to the host on stdin and the helper writes 0600
+in the job's directory (virt-customize hands the Perl expression to perl in its environment).
 """
 
 from __future__ import annotations
@@ -20,16 +30,17 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 # virt-sysprep 1.48's default-enabled operations (`virt-sysprep --list-operations`, marked '*'),
-# pinned. Not included: ca-certificates, firewall-rules, flag-reconfiguration, fs-uuids,
-# kerberos-data, user-account (off by default upstream too).
+# pinned, but for ``script`` (see FORBIDDEN_OPERATIONS). Not included: ca-certificates, firewall-rules,
+# flag-reconfiguration, fs-uuids, kerberos-data, user-account (off by default upstream too).
 DEFAULT_OPERATIONS = (
     "abrt-data", "backup-files", "bash-history", "blkid-tab", "crash-data", "cron-spool", "customize",
     "dhcp-client-state", "dhcp-server-state", "dovecot-data", "ipa-client", "kerberos-hostkeytab",
     "logfiles", "lvm-uuids", "machine-id", "mail-spool", "net-hostname", "net-hwaddr", "net-nmconn",
     "pacct-log", "package-manager-cache", "pam-data", "passwd-backups", "puppet-data-log",
-    "rh-subscription-manager", "rhn-systemid", "rpm-db", "samba-db-log", "script", "smolt-uuid",
+    "rh-subscription-manager", "rhn-systemid", "rpm-db", "samba-db-log", "smolt-uuid",
     "ssh-hostkeys", "ssh-userdir", "sssd-db-log", "tmp-files", "udev-persistent-net", "utmp", "yum-uuid",
 )
 
@@ -54,33 +65,51 @@ AUDIT_ITEMS = (
     "MAC pinning in network configs", "hostname", "DHCP leases", "log files empty", "shell histories",
     "random seed", "LVM system.devices",
 )
-REQUIRED_OPERATIONS = ("customize", "script")  # vmseal's guard and audit run there
+REQUIRED_OPERATIONS = ("customize",)  # vmseal's guard and audit run there
+# ``script`` runs a host program with the guest FUSE-mounted on the host: a guest's absolute symlinks
+# would resolve to the host's own files.
+FORBIDDEN_OPERATIONS = ("script",)
 AUDIT_HOSTNAME_FILE = "/tmp/vmseal-audit-hostname"
 CUSTOMIZE_LOG = "/tmp/builder.log"  # where virt-customize's --run writes its output, in the guest
+REPORT_DISK = "report.img"  # made by the helper in the job's directory (the command's working directory)
+COMMANDS_FILE = "customize.cmds"  # likewise, from the job's spec: customize commands that carry secrets
+
+
+@dataclass(frozen=True)
+class SealCommand:
+    """What a seal runs on the host: ``argv``, and ``files`` ({name: text}) the host job writes 0600 in
+    its directory before it starts (what must not be in an argv)."""
+
+    argv: list[str]
+    files: dict[str, str] = field(default_factory=dict)
 
 
 def build_command(
     disks: Sequence[tuple[str, str]],
     options: dict | None = None,
     *,
-    script: str | None = None,
+    prepare_script: str | None = None,
     audit_script: str | None = None,
-    verbose: bool = False,
-) -> list[str]:
-    """argv for one virt-sysprep run over ``disks`` = [(path, format), ...] with validated ``options``
-    (sealing.options). ``script`` is a host path run by the ``script`` operation (vmseal's guard and
-    MAC scrub); ``audit_script`` a host path run in the guest as the last customize action."""
+    report_disk: str | None = None,
+) -> SealCommand:
+    """One virt-sysprep run over ``disks`` = [(path, format), ...] with validated ``options``
+    (sealing.options). ``prepare_script`` and ``audit_script`` are host paths of vmseal's scripts, run
+    in the guest (inside the appliance) as the first and the last customize action; ``report_disk`` the
+    raw disk the audit writes its report to (added last)."""
     if not disks:
         raise ValueError("virt-sysprep needs at least one disk")
     options = options or {}
     ops = operations(options)
     argv = ["virt-sysprep"]
-    if verbose:
-        argv += ["-v", "-x"]
+    files = {}
     for path, fmt in disks:
         argv += ["--format", fmt, "-a", path]
+    if report_disk:
+        argv += ["--format", "raw", "-a", report_disk]
     argv += ["--operations", ",".join(ops)]
     if "customize" in ops:
+        if prepare_script:
+            argv += ["--run", prepare_script]
         argv += ["--hostname", options.get("hostname", "localhost")]
         if options.get("timezone"):
             argv += ["--timezone", options["timezone"]]
@@ -90,7 +119,8 @@ def build_command(
             argv += ["--firstboot-command", cmd]
         if options.get("root_password_hash"):
             h = options["root_password_hash"].replace("\\", "").replace("$", "\\$")
-            argv += ["--edit", "/etc/shadow:s{^root:[^:]*:}{root:" + h + ":}"]
+            files[COMMANDS_FILE] = "edit /etc/shadow:s{^root:[^:]*:}{root:" + h + ":}\n"
+            argv += ["--commands-from-file", COMMANDS_FILE]
         argv += ["--truncate", "/etc/machine-id"]
         for path in DELETE_AFTER_CUSTOMIZE:
             argv += ["--delete", path]
@@ -101,9 +131,7 @@ def build_command(
         argv += ["--remove-user-accounts", ",".join(options["remove_user_accounts"])]
     if options.get("keep_user_accounts"):
         argv += ["--keep-user-accounts", ",".join(options["keep_user_accounts"])]
-    if script and "script" in ops:
-        argv += ["--script", script]
-    return argv
+    return SealCommand(argv, files)
 
 
 def environment(backend_settings: str = "") -> dict[str, str]:
@@ -142,12 +170,14 @@ def guest_of(log: str) -> str:
 
 
 def audit_of(log: str, passed: bool) -> dict:
-    """The audit report: the FAIL/ok lines the audit printed (virt-sysprep shows them when it fails),
-    or, when virt-sysprep succeeded, every item of AUDIT_ITEMS passed (the run succeeds only then)."""
-    items = []
+    """The audit report: the FAIL/ok lines the audit printed (from the report disk, which the helper
+    prints after the run; virt-sysprep also shows them when it fails), or, when virt-sysprep succeeded
+    and no line came back, every item of AUDIT_ITEMS passed (the run succeeds only then)."""
+    items, seen = [], set()
     for line in log.splitlines():
         m = AUDIT_LINE.match(line.strip())
-        if m:
+        if m and m.group(2) not in seen:  # each item once (the same lines may come twice: log and report)
+            seen.add(m.group(2))
             items.append({"item": m.group(2), "ok": m.group(1) == "ok", "detail": (m.group(3) or "").strip()})
     if not items and passed:
         items = [{"item": name, "ok": True, "detail": ""} for name in AUDIT_ITEMS]

@@ -47,7 +47,8 @@ class Template(models.Model):
     seal_options = models.JSONField(default=dict, blank=True)
     # The post-seal audit: {"passed": bool, "items": [{"item", "ok", "detail"}]}, empty until it ran.
     audit = models.JSONField(default=dict, blank=True)
-    guest_os = models.CharField(max_length=255, blank=True, default="", help_text="what inspection found")
+    guest_os = models.CharField(max_length=255, blank=True, default="",
+                                help_text="what the guest reported about itself (recorded, never trusted)")
     status = models.CharField(max_length=16, choices=TemplateStatus.choices, default=TemplateStatus.LOCKED)
     phase = models.CharField(max_length=32, choices=Phase.choices, default=Phase.CREATE_TEMPLATE)
     sealed = models.BooleanField(default=False)

@@ -1,7 +1,7 @@
 """End to end on a real test host: API -> django-q2 cluster -> SSH/libvirt -> qemu-img + virt-sysprep
 on the host -> disks read back with libguestfs.
 
-The expensive part (eight template operations, seven of which boot a libguestfs appliance once each,
+The expensive part (nine template operations, eight of which boot a libguestfs appliance once each,
 then one appliance launch to read every sealed disk) runs once per module, with the operations
 overlapping as they would for real users; each test then asserts one property of that shared run.
 """
@@ -9,7 +9,10 @@ overlapping as they would for real users; each test then asserts one property of
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
+import uuid
 
 import pytest
 
@@ -35,6 +38,67 @@ ROOT_FILES = [
 VAR_FILES = ["/log/syslog", "/log/auth.log", "/log/messages", "/log/wtmp", "/log/lastlog",
              "/lib/dhcp/dhclient.eth0.leases", "/lib/dbus/machine-id"]
 LOGS = ["log/syslog", "log/auth.log", "log/messages", "log/wtmp", "log/lastlog"]
+MARKER = f"vmseal-host-marker-{uuid.uuid4().hex}"  # what the hostile guest's links point at, on the host
+HOSTILE_FILES = ["os-release", "host.nmconnection", "interfaces.d/eth9"]  # under guestdisk.HOSTILE_TARGET
+
+
+def plant_host_marker(test_host) -> dict[str, str]:
+    """Files the hostile guest's symlinks point to, on the test host: a marker file per link and a marker
+    directory. Returns path -> "inode sha256"."""
+    from tests.fixtures.hostjobs import guestdisk
+
+    d = guestdisk.HOSTILE_TARGET
+    test_host.exec("mkdir", "-p", f"{d}/interfaces.d")
+    content = {
+        "os-release": f'PRETTY_NAME="{MARKER}-os"\nID={MARKER}\nVERSION_ID="1"\n',
+        "host.nmconnection": f"[connection]\nid={MARKER}-nm\n[ethernet]\nmac-address=52:54:00:aa:bb:cc\n",
+        "interfaces.d/eth9": f"iface eth9 inet dhcp\n  hwaddress ether 52:54:00:aa:bb:cd\n# {MARKER}-dir\n",
+    }
+    for name, text in content.items():
+        test_host.exec("sh", "-c", f"cat > {d}/{name}", input=text)
+    return host_marker_state(test_host)
+
+
+def host_marker_state(test_host) -> dict[str, str]:
+    from tests.fixtures.hostjobs import guestdisk
+
+    paths = [f"{guestdisk.HOSTILE_TARGET}/{n}" for n in HOSTILE_FILES]
+    out = test_host.exec("sh", "-c", 'for f in "$@"; do echo "$f $(stat -c %i "$f") $(sha256sum < "$f")"; done',
+                         "-", *paths).stdout
+    return {line.split()[0]: " ".join(line.split()[1:3]) for line in out.splitlines()}
+
+
+class ArgvWatch:
+    """Reads every process's command line on this machine (test hosts share its pid namespace) every
+    0.1 s, remembering any that holds ``needle``, and how many virt-sysprep processes it saw."""
+
+    def __init__(self, needle: str):
+        self.needle, self.hits, self.sysprep_seen = needle, [], 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(0.1):
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        argv = f.read().decode(errors="replace")
+                except OSError:
+                    continue
+                if self.needle in argv:
+                    self.hits.append(argv.replace("\0", " ")[:300])
+                if argv.startswith("virt-sysprep\0") or "/virt-sysprep\0" in argv:
+                    self.sysprep_seen += 1
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +129,8 @@ def run(test_host, qcluster, django_db_blocker):
         call_command("host_install", "e2e1")  # the libvirt hooks and the job runner
         sources = {"gold1": test_host.define_vm("gold1", "one"), "gold2": test_host.define_vm("gold2", "two"),
                    "blank1": test_host.define_vm("blank1", "blank"), "win1": test_host.define_vm("win1", "windows"),
-                   "gold0": test_host.define_vm("gold0", "noinit")}
+                   "gold0": test_host.define_vm("gold0", "noinit"), "evil1": test_host.define_vm("evil1", "hostile")}
+        marker_before = plant_host_marker(test_host)
         all_sources = [p for paths in sources.values() for p in paths]
         before = test_host.sha256(all_sources)
         requests = {
@@ -80,6 +145,8 @@ def run(test_host, qcluster, django_db_blocker):
             # a Linux guest, but virt-sysprep itself fails: the guest has no user "ghost"
             "sealfail": {"name": "tpl-sealfail", "vm": "gold0", "seal": True,
                          "seal_options": {"ssh_keys": [{"user": "ghost", "key": INJECTED}]}},
+            # a guest whose os-release, a NetworkManager keyfile and interfaces.d are links to host paths
+            "hostile": {"name": "tpl-hostile", "vm": "evil1", "seal": True},
         }
         started = time.monotonic()
         posted = {k: api.post("/api/templates/", {**body, "description": f"e2e {k}", "host": host_id},
@@ -87,7 +154,9 @@ def run(test_host, qcluster, django_db_blocker):
         post_seconds = time.monotonic() - started
         for k, resp in posted.items():
             assert resp.status_code == 202, (k, resp.content)
-        jobs = wait_jobs(api, {k: r.json()["id"] for k, r in posted.items()}.values())
+        password_hash = Template.objects.get(name="tpl-custom").seal_options["root_password_hash"]
+        with ArgvWatch(password_hash.rsplit("$", 1)[1]) as argv_watch:  # the hash proper, after the salt
+            jobs = wait_jobs(api, {k: r.json()["id"] for k, r in posted.items()}.values())
         wall = time.monotonic() - started
         jobs = {k: jobs[r.json()["id"]] for k, r in posted.items()}
         template_ids = {k: int(j["target"].split(":")[1]) for k, j in jobs.items()}
@@ -104,8 +173,14 @@ def run(test_host, qcluster, django_db_blocker):
         def vol_paths(key):
             return [d["volume"]["path"] for d in templates[key].json()["disks"]]
 
-        sealed = probe(test_host, vol_paths("one") + vol_paths("two") + vol_paths("custom"), ROOT_FILES + VAR_FILES,
+        sealed = probe(test_host, vol_paths("one") + vol_paths("two") + vol_paths("custom") + vol_paths("hostile"),
+                       ROOT_FILES + VAR_FILES + ["/usr/lib/os-release",
+                                                 "/etc/NetworkManager/system-connections/host.nmconnection",
+                                                 "/etc/network/interfaces.d"],
                        ["/etc/ssh", "/log", "/var/log", "/usr/lib/virt-sysprep/scripts"])
+        marker_after = host_marker_state(test_host)
+        marker_in_disks = {p: test_host.exec("grep", "-c", "-a", MARKER, p, check=False).stdout.strip()
+                           for p in vol_paths("hostile")}
         from hostjobs.models import HostJob
 
         every_job_text = [json.dumps([j.log, j.error, j.description, j.result]) for j in HostJob.objects.all()]
@@ -120,7 +195,9 @@ def run(test_host, qcluster, django_db_blocker):
             yield {
                 "api": api, "host_id": host_id, "jobs": jobs, "templates": templates, "volumes": volumes,
                 "pool": pool, "metas": metas, "before": before, "after": after, "sealed": sealed,
-                "posted": posted, "paths": {k: vol_paths(k) for k in ("one", "two", "custom")},
+                "posted": posted, "paths": {k: vol_paths(k) for k in ("one", "two", "custom", "hostile")},
+                "marker_before": marker_before, "marker_after": marker_after, "marker_in_disks": marker_in_disks,
+                "argv_watch": argv_watch, "password_hash": password_hash,
                 "job_texts": every_job_text, "token": token, "template_rows": every_template,
                 "api_texts": [api.get(f"/api/jobs/{j['id']}/").content.decode() for j in jobs.values()]
                 + [t.content.decode() for t in templates.values()],
@@ -154,9 +231,9 @@ def test_sealed_templates_end_ok_and_their_jobs_done(run):
 
 
 def test_the_hosts_seal_limit_held_and_the_others_waited_then_ran(run):
-    """Seven seals asked at once on a host that runs two at a time (Host.max_parallel_seals = 2)."""
+    """Eight seals asked at once on a host that runs two at a time (Host.max_parallel_seals = 2)."""
     runs = run["seal_runs"]
-    assert len(runs) == 7
+    assert len(runs) == 8
     assert all(s and e for s, e in runs), "every seal ran to an end"
     events = sorted([(s, 1) for s, _ in runs] + [(e, -1) for _, e in runs], key=lambda ev: (ev[0], ev[1]))
     running = peak = 0
@@ -190,9 +267,13 @@ def test_job_tree_has_storage_jobs_per_volume_and_one_virt_job(run):
     assert seal_log.count(" -a ") == 2
     assert seal_log.count("Examining the guest") == 1, "one appliance launch"
     assert 'Performing "ssh-hostkeys"' in seal_log
-    assert seal_log.index('Performing "script"') < seal_log.index("vmseal-guest ") < seal_log.index(
-        "Running: ") , "guard in the script operation, audit as the last customize action"
+    assert 'Performing "script"' not in seal_log, "nothing of vmseal runs over the guest's files on the host"
+    runs = [ln for ln in seal_log.splitlines() if "] Running: " in ln]
+    assert runs[0].endswith("/guest_prepare.sh"), "the guard is the first customize action, in the guest"
+    assert runs[-1].endswith("/guest_audit.sh"), "the audit the last"
     assert seal_log.rindex("guest_audit.sh") > seal_log.rindex('Performing "udev-persistent-net"')
+    assert seal_log.index("vmseal: the guest's report:") < seal_log.index("vmseal-guest "), \
+        "what the guest is comes from the report disk, after the run"
 
 
 def test_volumes_are_legal_shared_generation_advanced_and_read_only(run):
@@ -311,7 +392,7 @@ def test_a_virt_sysprep_failure_fails_in_seal_and_leaves_nothing(run):
 
 
 def test_the_pool_holds_exactly_the_volumes_of_surviving_templates(run):
-    kept = {p.rsplit("/", 1)[1] for k in ("one", "two", "plain", "custom")
+    kept = {p.rsplit("/", 1)[1] for k in ("one", "two", "plain", "custom", "hostile")
             for p in [d["volume"]["path"] for d in run["templates"][k].json()["disks"]]}
     assert {n for n in run["pool"] if n.endswith(".qcow2")} == kept
     assert {n for n in run["pool"] if n.endswith(".meta")} == {n.replace(".qcow2", ".meta") for n in kept}
@@ -328,6 +409,40 @@ def test_default_seal_passes_the_audit_and_the_report_is_in_the_api(run):
                 "LVM system.devices"} <= names
         assert all(i["ok"] for i in audit["items"])
     assert "debian" in run["templates"]["one"].json()["guest_os"]
+    # the items come back from the guest's report disk, with their detail
+    hostname = next(i for i in run["templates"]["custom"].json()["audit"]["items"] if i["item"] == "hostname")
+    assert hostname == {"item": "hostname", "ok": True, "detail": "web-01"}
+
+
+def test_a_guests_symlinks_to_host_paths_never_reach_the_host(run):
+    """The hostile guest links /etc/os-release, a NetworkManager keyfile and /etc/network/interfaces.d
+    to marker files on the hypervisor host. Everything vmseal does to a guest runs inside the appliance,
+    where those links point into the guest itself: the host's files are untouched (same inode, same
+    bytes), none of their content is in the template's disks, the template, its jobs or any API answer,
+    and the guest's os-release is its own."""
+    assert run["marker_before"] == run["marker_after"]
+    assert len(run["marker_after"]) == 3
+    job, tpl = run["jobs"]["hostile"], run["templates"]["hostile"]
+    assert job["status"] == "done", job["error"]
+    assert tpl.json()["guest_os"] == "Debian GNU/Linux 12 (bookworm) (debian 12)", "from /usr/lib/os-release"
+    assert run["marker_in_disks"] == {p: "0" for p in run["paths"]["hostile"]}, "no marker bytes in the volumes"
+    files = run["sealed"][run["paths"]["hostile"][0]]["files"]
+    for link, target in (("/etc/os-release", "os-release"),
+                         ("/etc/NetworkManager/system-connections/host.nmconnection", "host.nmconnection"),
+                         ("/etc/network/interfaces.d", "interfaces.d")):
+        assert files[link] == {"link": f"/var/lib/vmseal/hostile-marker/{target}"}, (link, files[link])
+    assert files["/usr/lib/os-release"]["head"].startswith('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"')
+    for text in run["api_texts"] + run["job_texts"] + run["template_rows"]:
+        assert MARKER not in text
+
+
+def test_no_root_password_hash_is_in_any_process_argv_during_the_seals(run):
+    """The custom template sets a root password: its hash reaches virt-sysprep in a 0600 commands file in
+    the job's directory, never in an argv (/proc/*/cmdline is readable by every local user)."""
+    assert run["argv_watch"].sysprep_seen > 0, "the watch saw the seals run"
+    assert run["argv_watch"].hits == []
+    shadow = run["sealed"][run["paths"]["custom"][0]]["files"]["/etc/shadow"]["head"]
+    assert shadow.startswith(f"root:{run['password_hash']}:"), "and the hash was applied"
 
 
 def test_every_audited_item_is_gone_when_read_independently(run):

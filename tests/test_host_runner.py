@@ -231,3 +231,47 @@ def test_a_push_not_taken_or_a_failed_job_leaves_the_job_for_the_poller(host_lib
     for job, status in ((failed, "failed"), (done, "done")):
         rc, st = call("job-status", "--id", job)
         assert (rc, st["status"]) == (0, status), "kept on the host until polled and cleared"
+
+
+def test_a_jobs_files_are_private_in_its_directory_where_its_command_runs_and_go_when_it_ends(host_lib):
+    """What must not be in an argv (a root password hash) comes in the spec, on stdin: the job writes it
+    0600 in its own directory, its command runs there, and the file is gone when the job ends."""
+    call, jobs = host_lib
+    job = str(uuid.uuid4())
+    secret = "$6$salt$not-in-any-argv"
+    spec = json.dumps({"args": ["run", "--", "sh", "-c", "pwd; stat -c '%a %s' customize.cmds; sleep 1"],
+                       "host": 1, "files": {"customize.cmds": secret + "\n"}})
+    rc, st = call("job-start", "--id", job, stdin=spec)
+    assert rc == 0, st
+    end = wait_terminal(call, job)
+    assert end["status"] == "done", end
+    d = jobs / job
+    assert f"{d}\n600 {len(secret) + 1}\n" in end["log"]
+    assert not (d / "customize.cmds").exists()
+    for bad in ({"../x.cmds": "a"}, {"spec.json": "a"}, {"state.json": "a"}, {"a.cmds": 1}, ["a"]):
+        rc, out = call("job-start", "--id", str(uuid.uuid4()), stdin=json.dumps({"args": ["run", "--", "true"],
+                                                                                  "files": bad}))
+        assert (rc, out["error"]) == (3, "bad_spec"), bad
+    assert sorted(p.name for p in jobs.iterdir()) == [job], "a refused start leaves no job behind"
+
+
+def test_the_report_disk_is_made_for_the_command_and_only_its_vmseal_lines_come_back(host_lib, tmp_path):
+    """The guest's report reaches the host on a raw disk the helper makes and reads: it starts with the
+    magic, what the command wrote after it is printed line by line (vmseal-guest/-audit lines, printable
+    ASCII only), and the disk is removed."""
+    _call, _jobs = host_lib
+    work = tmp_path / "work"
+    work.mkdir()
+    writer = ("head -c 16 report.img > seen; "
+              "printf 'VMSEAL-REPORT-V1\\nvmseal-guest {\"id\": \"x\"}\\nnot ours\\n"
+              "vmseal-audit ok hostname: \\033[31mred\\nvmseal-audit ok random seed: \\n' > report.img")
+    helper = str(tmp_path / "lib" / "vmseal_host.py")
+    p = subprocess.run([sys.executable, helper, "run", "--report-disk", "report.img", "--", "sh", "-c", writer],
+                       cwd=work, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (work / "seen").read_text() == "VMSEAL-REPORT-V1"
+    out = p.stdout.splitlines()
+    report = out[out.index("vmseal: the guest's report:") + 1:-1]
+    assert report == ['vmseal-guest {"id": "x"}', "vmseal-audit ok random seed: "]
+    assert json.loads(out[-1])["exit_code"] == 0
+    assert not (work / "report.img").exists()

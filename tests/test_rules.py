@@ -54,7 +54,9 @@ def test_shared_volume_is_not_writable():
 
 
 def test_sysprep_command_passes_every_disk_with_format_and_pinned_operations():
-    argv = sysprep.build_command([("/p/a.qcow2", "qcow2"), ("/p/b.qcow2", "qcow2")])
+    cmd = sysprep.build_command([("/p/a.qcow2", "qcow2"), ("/p/b.qcow2", "qcow2")])
+    argv = cmd.argv
+    assert cmd.files == {}
     assert argv[:9] == ["virt-sysprep", "--format", "qcow2", "-a", "/p/a.qcow2", "--format", "qcow2", "-a",
                         "/p/b.qcow2"]
     ops = argv[argv.index("--operations") + 1].split(",")
@@ -64,6 +66,7 @@ def test_sysprep_command_passes_every_disk_with_format_and_pinned_operations():
     deleted = [argv[i + 1] for i, a in enumerate(argv) if a == "--delete"]
     assert deleted == list(sysprep.DELETE_AFTER_CUSTOMIZE)
     assert "--script" not in argv
+    assert "script" not in ops, "the script operation runs a host program over the guest's files"
     with pytest.raises(ValueError, match="at least one disk"):
         sysprep.build_command([])
 
@@ -286,8 +289,9 @@ def test_seal_options_become_single_argv_elements():
             "ssh_keys": [{"user": "alice", "key": "ssh-ed25519 K c"}],
             "firstboot_commands": ["echo 'a b' ; rm -rf / $(x)"], "root_password_hash": "$6$salt$hash/x.",
             "operations_add": ["user-account"], "operations_remove": ["logfiles"], "remove_user_accounts": ["bob"]}
-    argv = sysprep.build_command([("/p/a.qcow2", "qcow2")], opts, script="/lib/sysprep_script.sh",
-                                 audit_script="/lib/guest_audit.sh")
+    cmd = sysprep.build_command([("/p/a.qcow2", "qcow2")], opts, prepare_script="/lib/guest_prepare.sh",
+                                audit_script="/lib/guest_audit.sh", report_disk="report.img")
+    argv = cmd.argv
     ops = argv[argv.index("--operations") + 1].split(",")
     assert "logfiles" not in ops
     assert "user-account" in ops
@@ -295,14 +299,24 @@ def test_seal_options_become_single_argv_elements():
     assert argv[argv.index("--timezone") + 1] == "Europe/Berlin"
     assert argv[argv.index("--ssh-inject") + 1] == "alice:string:ssh-ed25519 K c"
     assert argv[argv.index("--firstboot-command") + 1] == "echo 'a b' ; rm -rf / $(x)", "passed as is, one element"
-    assert argv[argv.index("--edit") + 1] == "/etc/shadow:s{^root:[^:]*:}{root:\\$6\\$salt\\$hash/x.:}"
     assert argv[argv.index("--remove-user-accounts") + 1] == "bob"
-    assert argv[argv.index("--script") + 1] == "/lib/sysprep_script.sh"
-    # the audit is the last customize action but the clean-up of its own traces
-    i = argv.index("--run")
+    # the password hash is in no argv element: it goes to a commands file the host job writes 0600
+    assert not any("salt" in a for a in argv)
+    assert "--edit" not in argv
+    assert "--script" not in argv
+    assert argv[argv.index("--commands-from-file") + 1] == sysprep.COMMANDS_FILE
+    assert cmd.files == {sysprep.COMMANDS_FILE: "edit /etc/shadow:s{^root:[^:]*:}{root:\\$6\\$salt\\$hash/x.:}\n"}
+    # the report disk is the last disk, raw
+    i = argv.index("--operations")
+    assert argv[i - 4:i] == ["--format", "raw", "-a", "report.img"]
+    # the guard first, the audit the last customize action but the clean-up of its own traces
+    runs = [i for i, a in enumerate(argv) if a == "--run"]
+    assert [argv[i + 1] for i in runs] == ["/lib/guest_prepare.sh", "/lib/guest_audit.sh"]
+    assert runs[0] < min(i for i, a in enumerate(argv) if a in ("--hostname", "--truncate", "--commands-from-file"))
+    i = runs[1]
     assert argv[i - 2:i + 2] == ["--write", "/tmp/vmseal-audit-hostname:web-01", "--run", "/lib/guest_audit.sh"]
-    assert argv[argv.index("--run") + 1:].count("--delete") == 2
-    assert argv.index("--run") > max(i for i, a in enumerate(argv) if a in ("--truncate", "--edit", "--hostname"))
+    assert argv[i + 1:].count("--delete") == 2
+    assert i > max(i for i, a in enumerate(argv) if a in ("--truncate", "--commands-from-file", "--hostname"))
 
 
 def _opts(data):
@@ -328,7 +342,7 @@ def _opts(data):
         ({"operations_add": ["logfiles"], "operations_remove": ["logfiles"]}, "operations_remove"),
         ({"remove_user_accounts": ["a"], "keep_user_accounts": ["b"]}, "keep_user_accounts"),
         ({"operations_remove": ["customize"]}, "operations_remove"),
-        ({"operations_remove": ["script"]}, "operations_remove"),
+        ({"operations_add": ["script"]}, "operations_add"),
         ({"remove_user_accounts": ["../x"]}, "remove_user_accounts"),
     ],
 )
@@ -361,13 +375,15 @@ def test_operation_names_are_checked_against_the_hosts_list():
         check_operations({"operations_remove": ["nope"]}, {"logfiles": True})
 
 
-SEAL_OK_LOG = """$ virt-sysprep --format qcow2 -a /p/a.qcow2
+SEAL_LOG_HEAD = """$ virt-sysprep --format qcow2 -a /p/a.qcow2
 [   0.0] Examining the guest ...
-[  43.4] Performing "script" ...
-vmseal-guest {"id": "debian", "version_id": "12", "pretty_name": "Debian GNU/Linux 12 (bookworm)"}
 [  45.1] Performing "customize" ...
+[  45.2] Running: /var/lib/vmseal/lib/x/guest_prepare.sh
 [  64.8] Running: /var/lib/vmseal/lib/x/guest_audit.sh
 """
+SEAL_OK_LOG = SEAL_LOG_HEAD + """vmseal: the guest's report:
+vmseal-guest {"id": "debian", "version_id": "12", "pretty_name": "Debian GNU/Linux 12 (bookworm)"}
+""" + "".join(f"vmseal-audit ok {item}: \n" for item in sysprep.AUDIT_ITEMS)
 
 
 def test_the_guest_and_a_passed_audit_are_read_from_the_seal_log():
@@ -379,7 +395,7 @@ def test_the_guest_and_a_passed_audit_are_read_from_the_seal_log():
 
 
 def test_a_failed_audit_keeps_each_items_detail():
-    log = SEAL_OK_LOG + ("vmseal-audit ok ssh host keys: \n"
+    log = SEAL_LOG_HEAD + ("vmseal-audit ok ssh host keys: \n"
                          "vmseal-audit FAIL MAC pinning in network configs: /etc/network/interfaces\n"
                          "virt-sysprep: error: /x/guest_audit.sh: command exited with an error\n")
     audit = sysprep.audit_of(log, passed=False)
@@ -427,27 +443,30 @@ def guest_tree(tmp_path):
     return root
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
 def test_the_guard_script_accepts_linux_and_scrubs_mac_pinning(guest_tree):
-    p = _run_script("sysprep_script.sh", guest_tree)
-    assert p.returncode == 0, p.stderr
-    assert sysprep.guest_of(p.stdout) == "Debian GNU/Linux 12 (bookworm) (debian 12)"
+    p = _run_script("guest_prepare.sh", guest_tree, chroot=True)
+    assert p.returncode == 0, p.stdout + p.stderr
     assert "hwaddress" not in (guest_tree / "etc/network/interfaces").read_text()
     nm = (guest_tree / "etc/NetworkManager/system-connections/eth0.nmconnection").read_text()
     assert "mac-address" not in nm
     assert "[connection]" in nm
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
 def test_the_guard_script_refuses_windows_and_unknown_systems(tmp_path):
-    win = tmp_path / "win"
-    (win / "Windows/System32").mkdir(parents=True)
-    p = _run_script("sysprep_script.sh", win)
-    assert p.returncode == 1
-    assert sysprep.refusal_of(p.stderr).startswith("the guest is Windows")
-    other = tmp_path / "other"
-    (other / "etc").mkdir(parents=True)
-    p = _run_script("sysprep_script.sh", other)
-    assert p.returncode == 1
-    assert "no Linux system found" in sysprep.refusal_of(p.stderr)
+    from tests.fixtures.hostjobs import guestdisk
+
+    for name, dirs in (("win", ["Windows/System32"]), ("other", ["etc"])):
+        root = tmp_path / name
+        for d in dirs:
+            (root / d).mkdir(parents=True)
+        (root / "bin").mkdir()
+        shutil.copy(guestdisk.BUSYBOX, root / "bin" / "sh")  # chroot runs the guest's own /bin/sh
+        p = _run_script("guest_prepare.sh", root, chroot=True)
+        assert p.returncode == 1, name
+        why = sysprep.refusal_of(p.stdout)
+        assert why.startswith("the guest is Windows" if name == "win" else "no Linux system found"), (name, why)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
@@ -456,6 +475,7 @@ def test_the_audit_script_fails_every_planted_item_and_passes_a_clean_guest(gues
     assert p.returncode == 1, p.stdout + p.stderr
     audit = sysprep.audit_of(p.stdout, passed=False)
     assert [i["item"] for i in audit["items"]] == list(sysprep.AUDIT_ITEMS), "the script and AUDIT_ITEMS agree"
+    assert sysprep.guest_of(p.stdout) == "Debian GNU/Linux 12 (bookworm) (debian 12)", "it reports the guest"
     failed = {i["item"] for i in audit["items"] if not i["ok"]}
     assert failed == set(sysprep.AUDIT_ITEMS), audit  # every item was planted
     # what a seal leaves: identity removed, machine-id emptied, the host name set
