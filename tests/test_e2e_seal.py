@@ -264,7 +264,8 @@ def test_job_tree_has_storage_jobs_per_volume_and_one_virt_job(run):
     assert len(by_action["update_volume"]) == 4  # ILLEGAL x2, then LEGAL+SHARED x2
     seal_log = run["api"].get(f"/api/jobs/{by_action['seal'][0]['id']}/").json()["log"]
     assert "virt-sysprep" in seal_log
-    assert seal_log.count(" -a ") == 2
+    assert seal_log.count("--format qcow2 -a ") == 2
+    assert seal_log.count("--format raw -a report.img") == 1, "and the report disk, last"
     assert seal_log.count("Examining the guest") == 1, "one appliance launch"
     assert 'Performing "ssh-hostkeys"' in seal_log
     assert 'Performing "script"' not in seal_log, "nothing of vmseal runs over the guest's files on the host"
