@@ -1,4 +1,5 @@
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import ProtectedError
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -62,6 +63,19 @@ class HostViewSet(viewsets.ModelViewSet):
     filterset_fields = ["name", "address"]
     ordering_fields = ["name", "created"]
     search_fields = ["name", "address"]
+
+    def destroy(self, request, *args, **kwargs):
+        """409 while the host has templates, volumes or jobs, saying which; nothing is deleted."""
+        host = self.get_object()
+        try:
+            host.check_deletable()
+            host.delete()
+        except HostInUse as e:
+            return Response({"detail": e.message, "code": e.code}, status=status.HTTP_409_CONFLICT)
+        except ProtectedError:  # one was added meanwhile
+            return Response({"detail": f"host {host.name} is in use: delete its templates, volumes and jobs "
+                             "first", "code": HostInUse.code}, status=status.HTTP_409_CONFLICT)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(responses={200: VMSerializer(many=True)}, filters=False)
     @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])

@@ -109,6 +109,18 @@ class Host(models.Model):
             raise HostInUse(f"pool_path cannot change while host {self.name} has volumes in {stored}",
                             field="pool_path")
 
+    def check_deletable(self) -> None:
+        """A host is deleted only once nothing refers to it: its templates, volumes and jobs go first."""
+        held = []
+        for rel in self._meta.related_objects:
+            if rel.on_delete is models.PROTECT:
+                n = rel.related_model._default_manager.filter(**{rel.field.name: self}).count()
+                if n:
+                    meta = rel.related_model._meta
+                    held.append(f"{n} {meta.verbose_name if n == 1 else meta.verbose_name_plural}")
+        if held:
+            raise HostInUse(f"host {self.name} still has {', '.join(held)}: delete them first")
+
     @property
     def libvirt_uri(self) -> str:
         """Every component quoted: a user name or address never adds to the URI's query (``command=``)."""
