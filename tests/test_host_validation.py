@@ -150,9 +150,10 @@ def test_the_libvirt_uri_quotes_every_component_and_brackets_ipv6():
 
 
 @pytest.mark.django_db
-def test_a_stored_hostile_ssh_user_never_makes_libvirt_run_a_program(tmp_path):
+def test_a_stored_hostile_ssh_user_never_makes_libvirt_run_a_program(tmp_path, settings):
     """A row stored before validation (or past it) with ``a?command=<program>&`` as its user: the real
     libvirt client opens the connection with our pinned ssh wrapper, never with that program."""
+    settings.DATA_DIR = tmp_path / "data"  # this host's SSH files (wrapper, known_hosts) go with the test
     from hostjobs import transport, virt
     from hostjobs.errors import HostError
     from hostjobs.models import Host
