@@ -1,6 +1,6 @@
 from django.contrib import admin, messages
 
-from hostjobs.errors import InvalidTransition
+from hostjobs.errors import HostInUse, InvalidTransition
 from hostjobs.models import Host, HostJob
 
 
@@ -10,6 +10,18 @@ class HostAdmin(admin.ModelAdmin):
     search_fields = ["name", "address"]
     readonly_fields = ["last_check", "last_checked", "created"]
     actions = ["recheck"]
+
+    def get_deleted_objects(self, objs, request):
+        """A host that still has templates, volumes or jobs is not deleted (the delete page and the
+        bulk action): the page says which, instead of the protected rows' permissions."""
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        held = []
+        for host in objs:
+            try:
+                host.check_deletable()
+            except HostInUse as e:
+                held.append(e.message)
+        return (deleted, counts, set(), held) if held else (deleted, counts, perms_needed, protected)
 
     @admin.action(description="Re-check selected hosts")
     def recheck(self, request, queryset):

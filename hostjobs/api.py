@@ -1,11 +1,12 @@
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import ProtectedError
 from drf_spectacular.utils import extend_schema
-from rest_framework import permissions, serializers, status, viewsets
+from rest_framework import exceptions, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from hostjobs.errors import InvalidTransition
+from hostjobs.errors import HostInUse, InvalidTransition
 from hostjobs.models import Host, HostJob
-from hostjobs.transport import parse_host_key
 
 
 class HostSerializer(serializers.ModelSerializer):
@@ -15,31 +16,31 @@ class HostSerializer(serializers.ModelSerializer):
                   "max_parallel_seals", "seal_timeout", "copy_rate_limit", "callback_url", "libvirt_uri", "created"]
         read_only_fields = ["libvirt_uri", "created"]
 
-    def validate_host_key(self, value):
+    def validate(self, attrs):
+        """The model's own validation (``Host.full_clean``: its fields' validators and ``clean()``), the
+        same as the admin's and ``host_add``'s, on an unsaved copy with this request's values; its
+        normalised values (the host key's line) are the ones saved. A change the stored state forbids
+        (pool_path while the host has volumes) is a 409 naming the field."""
+        host = Host(**{f.attname: getattr(self.instance, f.attname) for f in Host._meta.concrete_fields}) \
+            if self.instance is not None else Host()
+        if self.instance is not None:
+            host._state.adding = False
+        for k, val in attrs.items():
+            setattr(host, k, val)
         try:
-            ktype, blob = parse_host_key(value)
-        except ValueError as e:
-            raise serializers.ValidationError(str(e)) from None
-        return f"{ktype} {blob}"
+            host.full_clean()
+        except DjangoValidationError as e:
+            detail = serializers.as_serializer_error(e)
+            if any(err.code == HostInUse.code for errs in detail.values() for err in errs):
+                raise Conflict(detail) from None
+            raise serializers.ValidationError(detail) from None
+        return {k: getattr(host, k) for k in attrs}
 
-    def validate_ssh_user(self, value):
-        if not value or not all(c.isalnum() or c in "._-" for c in value) or value.startswith("-"):
-            raise serializers.ValidationError("a user name of letters, digits, '.', '_' and '-'")
-        return value
 
-    def validate_pool_path(self, value):
-        import posixpath
-
-        if not value.startswith("/") or posixpath.normpath(value) != value or any(
-            c in value for c in "\n\0'\"\\$`; "
-        ):
-            raise serializers.ValidationError("an absolute, normalised directory path without special characters")
-        return value
-
-    def validate_guestfs_backend_settings(self, value):
-        if value and not all(c.isalnum() or c in "_-:=," for c in value):
-            raise serializers.ValidationError("letters, digits and _-:=, only (e.g. force_tcg)")
-        return value
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "conflicts with the stored state"
+    default_code = "conflict"
 
 
 class DiskInfoSerializer(serializers.Serializer):
@@ -62,6 +63,19 @@ class HostViewSet(viewsets.ModelViewSet):
     filterset_fields = ["name", "address"]
     ordering_fields = ["name", "created"]
     search_fields = ["name", "address"]
+
+    def destroy(self, request, *args, **kwargs):
+        """409 while the host has templates, volumes or jobs, saying which; nothing is deleted."""
+        host = self.get_object()
+        try:
+            host.check_deletable()
+            host.delete()
+        except HostInUse as e:
+            return Response({"detail": e.message, "code": e.code}, status=status.HTTP_409_CONFLICT)
+        except ProtectedError:  # one was added meanwhile
+            return Response({"detail": f"host {host.name} is in use: delete its templates, volumes and jobs "
+                             "first", "code": HostInUse.code}, status=status.HTTP_409_CONFLICT)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(responses={200: VMSerializer(many=True)}, filters=False)
     @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])

@@ -54,3 +54,14 @@ class VolumeRefused(HostError):
 
 class InvalidTransition(VmsealError):
     code = "invalid_transition"
+
+
+class HostInUse(VmsealError):
+    """A change or deletion refused because the host still holds something (volumes, templates, jobs):
+    a conflict with the stored state (409), not an invalid value. ``field`` names the field refused."""
+
+    code = "host_in_use"
+
+    def __init__(self, message: str, *, field: str = "", detail: str = ""):
+        super().__init__(message, detail=detail)
+        self.field = field

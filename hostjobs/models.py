@@ -18,7 +18,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
-from hostjobs.errors import InvalidTransition
+from hostjobs import validators as hv
+from hostjobs.errors import HostInUse, InvalidTransition
 
 
 def _new_secret() -> str:
@@ -26,23 +27,28 @@ def _new_secret() -> str:
 
 
 class Host(models.Model):
-    name = models.CharField(max_length=64, unique=True)
-    address = models.GenericIPAddressField(help_text="IP address of the host's sshd")
+    name = models.CharField(max_length=64, unique=True, validators=[hv.validate_name])
+    address = models.GenericIPAddressField(help_text="IP address of the host's sshd", validators=[hv.validate_address])
     port = models.PositiveIntegerField(default=22, validators=[MinValueValidator(1), MaxValueValidator(65535)])
-    ssh_user = models.CharField(max_length=32, default="root")
+    ssh_user = models.CharField(max_length=32, default="root", validators=[hv.validate_ssh_user],
+                                help_text="A POSIX user name (letters, digits, '.', '_', '-').")
     host_key = models.TextField(
+        validators=[hv.validate_host_key],
         help_text="The host's SSH public key line (e.g. from /etc/ssh/ssh_host_ed25519_key.pub). "
         "Pinned: a host presenting another key is refused."
     )
     pool_path = models.CharField(
         max_length=255,
         default="/var/lib/vmseal/templates",
-        help_text="Directory of the libvirt dir pool holding template volumes; created on first use.",
+        validators=[hv.validate_pool_path],
+        help_text="A dedicated directory for the libvirt dir pool holding template volumes (absolute, normalised, "
+        "not a system directory); created on first use, made root's with mode 0711. Fixed while the host has volumes.",
     )
     guestfs_backend_settings = models.CharField(
         max_length=128,
         blank=True,
         default="",
+        validators=[hv.validate_guestfs_backend_settings],
         help_text="LIBGUESTFS_BACKEND_SETTINGS on this host, e.g. force_tcg where KVM is unavailable.",
     )
     max_parallel_seals = models.PositiveSmallIntegerField(
@@ -59,8 +65,8 @@ class Host(models.Model):
         null=True, blank=True, help_text="Bytes per second a disk copy may read (qemu-img convert -r); blank: no limit."
     )
     callback_url = models.CharField(
-        max_length=255, blank=True, default="",
-        help_text="Where this host's job runner and libvirt hooks POST their notifications; "
+        max_length=255, blank=True, default="", validators=[hv.validate_callback_url],
+        help_text="Where this host's job runner and libvirt hooks POST their notifications (http or https); "
         "blank: the VMSEAL_CALLBACK_URL setting. Without either, jobs complete by polling only.",
     )
     sysprep_operations = models.JSONField(
@@ -80,9 +86,50 @@ class Host(models.Model):
     def __str__(self):
         return self.name
 
+    def clean(self):
+        from django.core.exceptions import ValidationError
+
+        from hostjobs.transport import parse_host_key
+
+        try:
+            self.host_key = " ".join(parse_host_key(self.host_key))  # stored as "<type> <base64>"
+        except ValueError:
+            pass  # the field's validator says why
+        try:
+            self.check_pool_path_change()
+        except HostInUse as e:
+            raise ValidationError({e.field: ValidationError(e.message, code=e.code)}) from None
+
+    def check_pool_path_change(self) -> None:
+        """The pool directory is where the host's volumes are: it cannot move while there are any."""
+        if self.pk is None:
+            return
+        stored = Host.objects.filter(pk=self.pk).values_list("pool_path", flat=True).first()
+        if stored is not None and stored != self.pool_path and self.volumes.exists():
+            raise HostInUse(f"pool_path cannot change while host {self.name} has volumes in {stored}",
+                            field="pool_path")
+
+    def check_deletable(self) -> None:
+        """A host is deleted only once nothing refers to it: its templates, volumes and jobs go first."""
+        held = []
+        for rel in self._meta.related_objects:
+            if rel.on_delete is models.PROTECT:
+                n = rel.related_model._default_manager.filter(**{rel.field.name: self}).count()
+                if n:
+                    meta = rel.related_model._meta
+                    held.append(f"{n} {meta.verbose_name if n == 1 else meta.verbose_name_plural}")
+        if held:
+            raise HostInUse(f"host {self.name} still has {', '.join(held)}: delete them first")
+
     @property
     def libvirt_uri(self) -> str:
-        return f"qemu+ssh://{self.ssh_user}@{self.address}:{self.port}/system"
+        """Every component quoted: a user name or address never adds to the URI's query (``command=``)."""
+        from urllib.parse import quote
+
+        address = quote(self.address, safe=".:")
+        if ":" in address:
+            address = f"[{address}]"
+        return f"qemu+ssh://{quote(self.ssh_user, safe='')}@{address}:{int(self.port)}/system"
 
     @property
     def seal_limit(self) -> int:

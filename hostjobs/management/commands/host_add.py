@@ -1,8 +1,9 @@
 from pathlib import Path
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from hostjobs.api import HostSerializer
+from hostjobs.models import Host
 
 
 class Command(BaseCommand):
@@ -22,12 +23,13 @@ class Command(BaseCommand):
 
     def handle(self, *args, **o):
         key = o["host_key"] or Path(o["host_key_file"]).read_text().strip()
-        ser = HostSerializer(data={"name": o["name"], "address": o["address"], "port": o["port"],
-                                   "ssh_user": o["user"], "host_key": key, "pool_path": o["pool_path"],
-                                   "guestfs_backend_settings": o["guestfs_backend_settings"],
-                                   "callback_url": o["callback_url"]})
-        if not ser.is_valid():
-            raise CommandError("; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in ser.errors.items()))
-        host = ser.save()
+        host = Host(name=o["name"], address=o["address"], port=o["port"], ssh_user=o["user"], host_key=key,
+                    pool_path=o["pool_path"], guestfs_backend_settings=o["guestfs_backend_settings"],
+                    callback_url=o["callback_url"])
+        try:
+            host.full_clean()  # the model's validation, as the API's and the admin's
+        except ValidationError as e:
+            raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in e.message_dict.items())) from None
+        host.save()
         self.stdout.write(f"host {host.name} (id {host.pk}) added; add `manage.py vmseal_pubkey` to its "
                           "authorized_keys, then run `manage.py host_install " + host.name + "`")
