@@ -72,11 +72,11 @@ def test_everything_vmseal_makes_in_a_fresh_data_dir_is_private(tmp_path, umask)
                 "vmseal.sqlite3", "vmseal.sqlite3-wal", "vmseal.sqlite3-shm",
                 "test-private.sqlite3", "test-private.sqlite3-wal", "test-private.sqlite3-shm",
                 "hosts", "hosts/1", "hosts/1/config", "hosts/1/known_hosts", "hosts/1/ssh", "cm"}
-    assert expected <= set(seen), f"not made: {sorted(expected - set(seen))}"
     private = {"d": "drwx------", "-": "-rw-------"}
     wrong = {path: mode for path, (mode, uid) in seen.items()
              if uid != os.getuid() or (mode != private.get(mode[0]) and (path, mode) != ("hosts/1/ssh", "-rwx------"))}
     assert not wrong, f"not private (0700 dirs, 0600 files; the ssh wrapper 0700) under umask {umask:04o}: {wrong}"
+    assert expected <= set(seen), f"not made: {sorted(expected - set(seen))}"
 
 
 def run_settings(data: Path) -> subprocess.CompletedProcess:
