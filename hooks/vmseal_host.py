@@ -10,7 +10,9 @@ Every subcommand prints one JSON object on its last stdout line. On refusal it p
 
 Volumes live in a pool directory as ``<id>.qcow2`` with a metadata file ``<id>.meta`` beside it
 (JSON: id, type, legality, generation, parent, format). The metadata file is the truth; it is
-replaced atomically (write + fsync + rename). A SHARED volume's data file is made read-only.
+replaced atomically (write + fsync + rename). Everything the helper makes is root's alone: it runs
+under umask 077 (what it starts too: qemu-img, virt-sysprep), creates its files with explicit modes,
+and makes a pool directory 0700, volumes and their metadata 0600, and both 0400 once SHARED.
 
   create-volume --pool P --id ID --source PATH --source-format FMT
   update-volume --pool P --id ID --generation N [--legality L] [--type T]
@@ -75,9 +77,17 @@ def read_meta(meta_path):
         raise Refused("no_such_volume", f"no volume metadata at {meta_path}") from None
 
 
+def private_mode(meta):
+    """A volume's files are root's alone: read-write while writable, read-only once SHARED."""
+    return 0o400 if meta["type"] == rules.SHARED else 0o600
+
+
 def write_meta(meta_path, meta):
     tmp = meta_path + ".tmp"
-    with open(tmp, "w") as f:
+    mode = private_mode(meta)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    os.fchmod(fd, mode)  # a crashed write's leftover keeps its mode through O_TRUNC
+    with os.fdopen(fd, "w") as f:
         json.dump(meta, f, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
@@ -99,7 +109,7 @@ def image_info(path):
 
 def cmd_create(a):
     data, meta_path = vol_paths(a.pool, a.id)
-    os.makedirs(a.pool, exist_ok=True)
+    os.makedirs(a.pool, mode=0o700, exist_ok=True)  # an existing pool keeps its mode (libvirt made it 0700)
     if os.path.exists(meta_path):
         meta = read_meta(meta_path)
         rules.check_writable(meta)  # never overwrite a SHARED volume, even on a retried copy
@@ -108,6 +118,7 @@ def cmd_create(a):
             "format": "qcow2"}
     write_meta(meta_path, meta)
     tmp = data + ".part"
+    # qemu-img creates it 0644 less the umask (077 here): 0600, never readable by others even for a moment
     rate = ["-r", str(a.rate_limit)] if a.rate_limit else []
     proc = subprocess.run(["qemu-img", "convert", *rate, "-f", a.source_format, "-O", "qcow2", a.source, tmp],
                           capture_output=True, text=True)
@@ -130,7 +141,7 @@ def cmd_update(a):
     meta = read_meta(meta_path)
     new = rules.plan_update(meta, generation=a.generation, legality=a.legality, type=a.type)
     if new["type"] == rules.SHARED:
-        os.chmod(data, 0o444)
+        os.chmod(data, private_mode(new))
     write_meta(meta_path, new)
     return {**new, "path": data, "mode": oct(os.stat(data).st_mode & 0o777)}
 
@@ -294,9 +305,9 @@ def job_dir(job_id):
     return os.path.join(JOBS_DIR, job_id)
 
 
-def write_json(path, data, mode=0o644):
+def write_json(path, data, mode=0o600):
     tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, sort_keys=True)
         f.flush()
@@ -383,7 +394,7 @@ def cmd_job_start(a):
     write_json(os.path.join(d, "spec.json"), spec, mode=0o600)  # holds the callback secret
     write_json(os.path.join(d, "state.json"), {"id": a.id, "status": "pending", "progress": 0,
                                                 "created": time.time()})
-    open(os.path.join(d, "log"), "ab").close()
+    os.close(os.open(os.path.join(d, "log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600))
     # Detach: a new session, no inherited fds, so the SSH command returns at once.
     subprocess.Popen([sys.executable, os.path.abspath(__file__), "job-exec", "--id", a.id],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -611,6 +622,7 @@ def main(argv=None):
         if name == "job-status":
             j.add_argument("--log-offset", type=int, default=0)
     a = p.parse_args(argv)
+    os.umask(0o077)  # what this helper and the commands it runs create is root's alone
     handler = {"create-volume": cmd_create, "update-volume": cmd_update, "delete-volume": cmd_delete,
                "volume-info": cmd_info, "run": cmd_run, "job-start": cmd_job_start, "job-exec": cmd_job_exec,
                "job-status": cmd_job_status, "job-abort": cmd_job_abort, "job-clear": cmd_job_clear,

@@ -2,9 +2,10 @@
 
 Every host gets a directory of generated files under ``<data dir>/hosts/<id>/``: a ``known_hosts``
 holding only its pinned key, an ssh ``config`` (strict checking, batch mode, our identity only,
-connection sharing) and an ``ssh`` wrapper that libvirt's ``qemu+ssh`` uses as its ``command=``, so
-libvirt and our own commands share one pinned, multiplexed connection. Nothing here ever accepts a
-new key.
+connection sharing with its sockets in ``<data dir>/cm/``) and an ``ssh`` wrapper that libvirt's
+``qemu+ssh`` uses as its ``command=``, so libvirt and our own commands share one pinned, multiplexed
+connection. Every directory is private (0700, ours, or refused: vmseal/private.py), every file 0600
+(the wrapper 0700). Nothing here ever accepts a new key.
 
 Commands are argv lists; the remote shell sees them joined with ``shlex.join``, so no user string
 reaches it unquoted.
@@ -17,7 +18,6 @@ import logging
 import os
 import shlex
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,9 +27,15 @@ from pathlib import Path
 from django.conf import settings
 
 from hostjobs.errors import HostCommandFailed, HostKeyMismatch, HostUnreachable
+from vmseal.private import private_dir, write_private
 
 log = logging.getLogger("vmseal.transport")
 _keygen_lock = threading.Lock()
+_warned_long = False
+# A unix socket's path is at most 107 bytes; ssh binds the master's socket as "<ControlPath>.<16 random
+# characters>" first, then renames it: "<control dir>/<12-hex fingerprint>" must leave room for that.
+SOCKET_PATH_MAX = 107
+CONTROL_NAME_LEN = 1 + 12 + 17
 KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
 
 
@@ -39,10 +45,11 @@ def app_key() -> Path:
     if not key.exists():
         with _keygen_lock:
             if not key.exists():
-                key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                private_dir(key.parent, parents=True)
+                # umask 077: the public half too is 0600, like everything else vmseal makes
                 subprocess.run(
                     ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vmseal", "-f", str(key)],
-                    check=True, capture_output=True,
+                    check=True, capture_output=True, umask=0o077,
                 )
     return key
 
@@ -90,6 +97,16 @@ class SSHTarget:
     def dir(self) -> Path:
         return Path(settings.DATA_DIR) / "hosts" / str(self.host_id)
 
+    @staticmethod
+    def control_dir() -> Path | None:
+        """Where the shared connections' sockets live: ``<data dir>/cm``, private like the data dir
+        (a socket there answers our SSH commands, so nobody else may be able to put one there). None
+        when that path is too long for a unix socket: connections are then not shared."""
+        cm_dir = Path(settings.DATA_DIR) / "cm"
+        if len(os.fsencode(cm_dir)) + CONTROL_NAME_LEN > SOCKET_PATH_MAX:
+            return None
+        return cm_dir
+
     @property
     def config(self) -> Path:
         return self.dir / "config"
@@ -110,10 +127,21 @@ class SSHTarget:
         except ValueError as e:
             raise HostKeyMismatch(f"host {self.address}: its pinned host key is not usable ({e})") from None
         name = self.address if self.port == 22 else f"[{self.address}]:{self.port}"
-        # Control sockets must fit a unix socket path (108 bytes): keep them short, and keyed by the
-        # pinned key so a re-pinned host never reuses a connection made under the old key.
-        cm_dir = Path(tempfile.gettempdir()) / f"vmseal-ssh-{os.getuid()}"
-        cm_dir.mkdir(mode=0o700, exist_ok=True)
+        # Control sockets are keyed by the pinned key, so a re-pinned host never reuses a connection made
+        # under the old key; they live in a private directory (see control_dir), never in /tmp.
+        private_dir(settings.DATA_DIR)
+        cm_dir = self.control_dir()
+        if cm_dir is None:
+            global _warned_long
+            if not _warned_long:
+                log.warning("data directory %s: its path is too long for SSH control sockets (at most %d bytes); "
+                            "SSH connections to hosts are not shared", settings.DATA_DIR,
+                            SOCKET_PATH_MAX - CONTROL_NAME_LEN - len("/cm"))
+                _warned_long = True
+            sharing = "  ControlMaster no\n  ControlPath none\n"
+        else:
+            private_dir(cm_dir)
+            sharing = f"  ControlMaster auto\n  ControlPath {cm_dir}/{self.fingerprint}\n  ControlPersist 60\n"
         files = {
             "known_hosts": f"{name} {ktype} {blob}\n",
             "config": (
@@ -129,21 +157,17 @@ class SSHTarget:
                 f"  ConnectTimeout {settings.VMSEAL_SSH_CONNECT_TIMEOUT}\n"
                 "  ServerAliveInterval 5\n"
                 "  ServerAliveCountMax 3\n"
-                "  ControlMaster auto\n"
-                f"  ControlPath {cm_dir}/{self.fingerprint}\n"
-                "  ControlPersist 60\n"
+                f"{sharing}"
                 "  LogLevel ERROR\n"
             ),
             "ssh": f"#!/bin/sh\nexec ssh -F {shlex.quote(str(self.config))} \"$@\"\n",
         }
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.dir.parent)
+        private_dir(self.dir)
         for fname, content in files.items():
             p = self.dir / fname
             if not p.exists() or p.read_text() != content:
-                tmp = p.with_suffix(".tmp")
-                tmp.write_text(content)
-                tmp.chmod(0o700 if fname == "ssh" else 0o600)
-                tmp.replace(p)
+                write_private(p, content, 0o700 if fname == "ssh" else 0o600)
         return self
 
     def ssh_argv(self, remote: Sequence[str]) -> list[str]:

@@ -217,7 +217,8 @@ def pool_name(path: str) -> str:
 
 
 def ensure_pool(host) -> None:
-    """The host's template pool: a libvirt ``dir`` pool at ``host.pool_path``, created on first use."""
+    """The host's template pool: a libvirt ``dir`` pool at ``host.pool_path``, created on first use, mode
+    0700 (libvirt's build sets it): template disks are root's alone."""
     from xml.sax.saxutils import escape
 
     def fn(conn):
@@ -227,7 +228,7 @@ def ensure_pool(host) -> None:
             if e.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
                 raise
             xml = (f"<pool type='dir'><name>{pool_name(host.pool_path)}</name><target><path>{escape(host.pool_path)}"
-                   "</path><permissions><mode>0711</mode></permissions></target></pool>")
+                   "</path><permissions><mode>0700</mode></permissions></target></pool>")
             pool = conn.storagePoolDefineXML(xml, 0)
             pool.build(0)
             pool.setAutostart(1)

@@ -35,6 +35,7 @@ from rest_framework.authtoken.models import Token  # noqa: E402
 
 from hostjobs.models import Host  # noqa: E402
 from hostjobs.transport import app_public_key  # noqa: E402
+from vmseal.private import write_private  # noqa: E402
 
 HOST = "vmseal-demo"
 TESTHOSTS = [sys.executable, str(ROOT / "scripts" / "testhosts.py")]
@@ -64,8 +65,7 @@ def setup() -> dict:
     if not User.objects.filter(username="admin").exists():
         password = secrets.token_urlsafe(12)
         User.objects.create_superuser("admin", "admin@localhost", password)
-        password_file.write_text(password + "\n")
-        password_file.chmod(0o600)
+        write_private(password_file, password + "\n")  # 0600 from the start
     call_command("host_install", "demo")  # job runner + libvirt hooks, callbacks to us
     token, _ = Token.objects.get_or_create(user=User.objects.get(username="admin"))
     return {"host": host, "password": password_file.read_text().strip() if password_file.exists() else "(unchanged)",

@@ -81,6 +81,13 @@ def host_state(th, job_id):
     return json.loads(out.stdout) if out.returncode == 0 else None
 
 
+def host_modes(th, top):
+    """What is under ``top`` on the host, itself as ".": relative path -> (type d/f, octal mode, owner)."""
+    out = th.exec("find", top, "-printf", "%y %m %u %P\n").stdout
+    return {(rel or "."): (kind, mode, owner)
+            for kind, mode, owner, rel in (line.split(" ", 3) for line in out.splitlines())}
+
+
 def assert_nothing_left(ns, host, template_name):
     from templates.models import Template
     from volumes.models import Volume
@@ -158,6 +165,9 @@ def test_cancel_during_seal_stops_virt_sysprep_and_rolls_back(hj, dbx):
     seal = wait_child(op_id, "seal")
     vol_ids = [str(v) for v in Volume.objects.filter(disk__template__name="hj-cancelled").values_list("pk", flat=True)]
     assert vol_ids
+    # for test_template_pools_volumes_and_jobs_are_readable_by_root_only: the host while a seal runs
+    hj.during_seal = {"pool": host_modes(hj.th, hj.host.pool_path), "jobs": host_modes(hj.th, "/var/lib/vmseal/jobs"),
+                      "vol_ids": vol_ids, "seal": str(seal.pk)}
     time.sleep(2)
     r = hj.api.post(f"/api/jobs/{op_id}/cancel/")
     assert r.status_code == 202
@@ -169,6 +179,32 @@ def test_cancel_during_seal_stops_virt_sysprep_and_rolls_back(hj, dbx):
     for vol_id in vol_ids:  # neither virt-sysprep nor its appliance has the template's disks open
         assert not hj.th.running(vol_id), f"something still runs on volume {vol_id}"
     assert_nothing_left(hj, hj.host, "hj-cancelled")
+
+
+def test_template_pools_volumes_and_jobs_are_readable_by_root_only(hj, dbx):
+    """While a seal runs (recorded by the cancel test): the pool 0700, the writable volumes and their
+    metadata 0600, the jobs directory and the seal's job directory 0700, its spec (the callback secret),
+    state and log 0600. Once SHARED (the poll-only test's template): disk and metadata 0400. Before:
+    libvirt's pool 0711, volumes 0644 then 0444, metadata, job state and log 0644."""
+    from hostjobs.models import Host
+
+    during = getattr(hj, "during_seal", None)
+    assert during, "test_cancel_during_seal_stops_virt_sysprep_and_rolls_back records the host during its seal"
+    pool, jobs, seal = during["pool"], during["jobs"], during["seal"]
+    expected = {".", *(f"{v}.{ext}" for v in during["vol_ids"] for ext in ("qcow2", "meta"))}
+    assert expected <= set(pool), f"not in the pool during the seal: {sorted(expected - set(pool))}"
+    assert {".", seal, f"{seal}/spec.json", f"{seal}/state.json", f"{seal}/log"} <= set(jobs)
+    for where, seen in (("pool", pool), ("jobs", jobs)):
+        wrong = {p: m for p, m in seen.items() if m != {"d": ("d", "700", "root"), "f": ("f", "600", "root")}.get(m[0])}
+        assert not wrong, f"{where} during the seal: readable by others, want 0700 dirs / 0600 files: {wrong}"
+
+    shared = host_modes(hj.th, Host.objects.get(name="hj-poll").pool_path)
+    assert shared["."] == ("d", "700", "root")
+    disks = [n for n in shared if n.endswith(".qcow2")]
+    assert disks, "the poll-only test's template is there"
+    for name in disks:
+        assert shared[name] == ("f", "400", "root"), f"{name}: a SHARED disk is root's, read-only"
+        assert shared[name.replace(".qcow2", ".meta")] == ("f", "400", "root"), f"{name}: its metadata too"
 
 
 def test_deleting_a_template_deletes_its_volumes_on_the_host(hj, dbx):

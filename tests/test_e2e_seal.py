@@ -287,7 +287,8 @@ def test_volumes_are_legal_shared_generation_advanced_and_read_only(run):
             assert v["format"] == "qcow2"
             assert v["size"] > 0
             name = v["path"].rsplit("/", 1)[1]
-            assert run["pool"][name] == "444", "a SHARED volume is read-only on the host"
+            assert run["pool"][name] == "400", "a SHARED volume is root's alone and read-only on the host"
+            assert run["pool"][name.replace(".qcow2", ".meta")] == "400", "and so is its metadata"
             meta = run["metas"][name.replace(".qcow2", ".meta")]  # the host's truth agrees with the DB
             assert (meta["type"], meta["legality"], meta["generation"]) == ("SHARED", "LEGAL", expected_gen)
 

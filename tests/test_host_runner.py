@@ -26,9 +26,9 @@ def host_lib(tmp_path):
     jobs = tmp_path / "jobs"
     env = {**os.environ, "VMSEAL_JOBS_DIR": str(jobs), "VMSEAL_POOL_FULL_GRACE": "1"}
 
-    def call(*args, stdin=None):
+    def call(*args, stdin=None, umask=None):
         p = subprocess.run([sys.executable, str(lib / "vmseal_host.py"), *args], input=stdin, capture_output=True,
-                           text=True, env=env, timeout=30)
+                           text=True, env=env, timeout=30, umask=-1 if umask is None else umask)
         return p.returncode, json.loads(p.stdout.strip().splitlines()[-1])
 
     return call, jobs
@@ -275,3 +275,49 @@ def test_the_report_disk_is_made_for_the_command_and_only_its_vmseal_lines_come_
     assert report == ['vmseal-guest {"id": "x"}', "vmseal-audit ok random seed: "]
     assert json.loads(out[-1])["exit_code"] == 0
     assert not (work / "report.img").exists()
+
+
+def modes(top: Path) -> dict[str, str]:
+    """Every directory and file under ``top`` (itself included): relative path -> octal mode."""
+    out = {".": oct(top.stat().st_mode & 0o7777)}
+    for p in top.rglob("*"):
+        out[str(p.relative_to(top))] = oct(p.lstat().st_mode & 0o7777)
+    return out
+
+
+def test_job_directories_and_files_are_roots_alone_whatever_the_umask(host_lib):
+    """A job's spec holds the callback secret, its log what the job printed: 0700 / 0600 even when the
+    helper is started under umask 000."""
+    call, jobs = host_lib
+    job = str(uuid.uuid4())
+    spec = json.dumps({"args": ["run", "--", "sh", "-c", "echo hello; sleep 2"], "host": 1, "secret": "s3cret"})
+    rc, st = call("job-start", "--id", job, stdin=spec, umask=0o000)
+    assert rc == 0
+    assert st["status"] == "running"
+    running = modes(jobs)  # while it runs, its state rewritten by the runner
+    wait_terminal(call, job)
+    for seen in (running, modes(jobs)):
+        assert {".", job, f"{job}/spec.json", f"{job}/state.json", f"{job}/log"} <= set(seen)
+        wrong = {p: m for p, m in seen.items() if m != ("0o700" if (jobs / p).is_dir() else "0o600")}
+        assert not wrong, f"readable by others (want 0700 dirs, 0600 files): {wrong}"
+
+
+def test_volumes_and_metadata_are_roots_alone_and_read_only_once_shared(host_lib, tmp_path):
+    """A template disk and its metadata: 0600 while writable, 0400 once SHARED (before: 0644, then 0444),
+    in a pool directory made 0700; qemu-img, started by the helper, makes the disk under its umask."""
+    call, _ = host_lib
+    source = tmp_path / "source.raw"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(source), "1M"], check=True)
+    pool, vol = tmp_path / "pool", str(uuid.uuid4())
+    rc, made = call("create-volume", "--pool", str(pool), "--id", vol, "--source", str(source),
+                    "--source-format", "raw", umask=0o000)
+    assert rc == 0, made
+    assert modes(pool) == {".": "0o700", f"{vol}.qcow2": "0o600", f"{vol}.meta": "0o600"}
+    rc, shared = call("update-volume", "--pool", str(pool), "--id", vol, "--generation", "0", "--type", "SHARED",
+                      umask=0o000)
+    assert rc == 0, shared
+    assert shared["mode"] == "0o400"
+    assert modes(pool) == {".": "0o700", f"{vol}.qcow2": "0o400", f"{vol}.meta": "0o400"}
+    rc, deleted = call("delete-volume", "--pool", str(pool), "--id", vol, umask=0o000)
+    assert (rc, deleted["deleted"]) == (0, True), "root still deletes a read-only SHARED volume"
+    assert modes(pool) == {".": "0o700"}

@@ -1,7 +1,9 @@
 """vmseal settings. Defaults: SQLite + django-q2's ORM broker, data under ./var.
 
 Environment:
-  VMSEAL_DATA_DIR        where the database, the app's SSH key and per-host SSH files live (./var)
+  VMSEAL_DATA_DIR        where the database, the secret key, the app's SSH key, per-host SSH files and SSH
+                         control sockets live (./var); made 0700, its files 0600 (vmseal/private.py)
+  VMSEAL_STATIC_ROOT     where collectstatic puts the public static files (./static), outside the data dir
   VMSEAL_SECRET_KEY      Django secret key (default: generated once into the data dir)
   VMSEAL_DEBUG           1 to enable DEBUG
   VMSEAL_ALLOWED_HOSTS   comma-separated (default: localhost,127.0.0.1)
@@ -18,9 +20,11 @@ import os
 import secrets
 from pathlib import Path
 
+from vmseal.private import private_dir
+
 BASE_DIR = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(os.environ.get("VMSEAL_DATA_DIR", BASE_DIR / "var")).resolve()
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+# Private to the user vmseal runs as (0700), or refused if another user owns it or can write to it.
+DATA_DIR = private_dir(Path(os.environ.get("VMSEAL_DATA_DIR", BASE_DIR / "var")).resolve(), parents=True)
 
 
 def _secret_key() -> str:
@@ -102,7 +106,7 @@ if os.environ.get("VMSEAL_DB_ENGINE", "sqlite") == "postgresql":
 else:
     DATABASES = {
         "default": {
-            "ENGINE": "django.db.backends.sqlite3",
+            "ENGINE": "vmseal.private_sqlite3",  # Django's, with the file (and so -wal/-shm) made 0600
             "NAME": os.environ.get("VMSEAL_DB_NAME", str(DATA_DIR / "vmseal.sqlite3")),
             # The web process and the qcluster workers share the file: WAL, a busy timeout and
             # IMMEDIATE transactions keep concurrent writers from failing with "database is locked".
@@ -126,7 +130,9 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = DATA_DIR / "static"
+# Public content served by the reverse proxy: not in the private data directory (which the proxy's user
+# cannot enter), and nothing secret is ever collected into it.
+STATIC_ROOT = Path(os.environ.get("VMSEAL_STATIC_ROOT", BASE_DIR / "static"))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
