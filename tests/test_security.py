@@ -254,3 +254,34 @@ def test_deleting_a_template_while_its_job_runs_is_refused(admin_client, host):
     assert snapshot() == before
     t.refresh_from_db()
     assert (t.status, t.job_id) == ("locked", op.pk)
+
+
+# -- Idempotency-Key -------------------------------------------------------------------------------
+@pytest.mark.django_db
+def test_every_refusal_frees_the_idempotency_key(client, django_user_model, host):
+    """A key stays claimed only by a request that started an operation: a 403 (a seal without the
+    seal_template permission), a 400 (validation) or a refusal by the host check frees it, so the
+    corrected request with the same key is taken, not a 409."""
+    from django.contrib.auth.models import Permission
+
+    from templates.models import IdempotencyKey
+
+    maker = _user(django_user_model, "keyed", "add_template")
+    client.force_login(maker)
+    body = {"name": "keyed", "host": host.pk, "vm": "v", "seal": True}
+
+    def create(data):
+        return client.post("/api/templates/", data, content_type="application/json", HTTP_IDEMPOTENCY_KEY="k-1")
+
+    r = create(body)
+    assert r.status_code == 403, r.content
+    assert not IdempotencyKey.objects.exists(), "a 403 frees the key"
+    r = create({**body, "seal_options": {"hostname": "not a host name"}})
+    assert r.status_code in (400, 403), r.content
+    assert not IdempotencyKey.objects.exists()
+    maker.user_permissions.add(Permission.objects.get(codename="seal_template"))
+    client.force_login(django_user_model.objects.get(pk=maker.pk))  # permissions are cached per user object
+    r = create(body)
+    assert r.status_code == 400, r.content  # past the permission: refused by the host check, not a 409
+    assert "host" in r.json()
+    assert not IdempotencyKey.objects.exists()
