@@ -117,10 +117,10 @@ class HostJobViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["post"], permission_classes=[CanCancelJobs])
     def cancel(self, request, pk=None):
         """Cancel a job: ``aborting`` until its worker has stopped the host work and rolled back,
-        then ``aborted``. 409 when the job already ended."""
+        then ``aborted``. 409 when the job already ended, or is a delete (it runs to its end)."""
         job = self.get_object()
         try:
             job.cancel(f"cancelled by {request.user.get_username()}")
         except InvalidTransition as e:
-            return Response({"detail": str(e), "status": job.status}, status=status.HTTP_409_CONFLICT)
+            return Response({"detail": str(e), "code": e.code, "status": job.status}, status=status.HTTP_409_CONFLICT)
         return Response(HostJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)

@@ -54,3 +54,10 @@ class VolumeRefused(HostError):
 
 class InvalidTransition(VmsealError):
     code = "invalid_transition"
+
+
+class NotCancellable(InvalidTransition):
+    """A job that runs to its end once started: a delete (stopped half way, it would leave a template
+    with some of its volumes deleted)."""
+
+    code = "not_cancellable"
