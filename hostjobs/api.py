@@ -2,6 +2,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 
 from hostjobs.errors import InvalidTransition
 from hostjobs.models import Host, HostJob
@@ -56,18 +57,30 @@ class VMSerializer(serializers.Serializer):
     disks = DiskInfoSerializer(many=True)
 
 
+class CanListVMs(permissions.BasePermission):
+    """Listing a host's VMs opens a libvirt connection to it: for who may see hosts or make templates
+    (the New Template form uses it). A string, not an import: hostjobs does not import templates."""
+
+    def has_permission(self, request, view):
+        user = request.user
+        return user.is_authenticated and any(user.has_perm(p) for p in ("hostjobs.view_host", "templates.add_template"))
+
+
 class HostViewSet(viewsets.ModelViewSet):
     queryset = Host.objects.all()
     serializer_class = HostSerializer
     filterset_fields = ["name", "address"]
     ordering_fields = ["name", "created"]
     search_fields = ["name", "address"]
+    throttle_scope = None  # only vms is throttled (its own scope)
 
     @extend_schema(responses={200: VMSerializer(many=True)}, filters=False)
-    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[], permission_classes=[CanListVMs],
+            throttle_classes=[ScopedRateThrottle], throttle_scope="host_vms")
     def vms(self, request, pk=None):
         """The host's shut-off VMs (the ones that can become templates), with their disks, read live
-        from libvirt: one call over the host's pinned connection."""
+        from libvirt: one call over the host's pinned connection. Needs ``view_host`` or
+        ``add_template``; throttled per user (VMSEAL_HOST_VMS_RATE)."""
         from hostjobs import virt
         from hostjobs.errors import HostError
 
