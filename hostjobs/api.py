@@ -45,8 +45,10 @@ class HostSerializer(serializers.ModelSerializer):
 
 class DiskInfoSerializer(serializers.Serializer):
     target = serializers.CharField()
+    type = serializers.CharField(help_text="libvirt's disk type: file, block, network, volume")
     path = serializers.CharField()
     format = serializers.CharField()
+    readonly = serializers.BooleanField()
     size = serializers.IntegerField(allow_null=True)
 
 
@@ -55,6 +57,9 @@ class VMSerializer(serializers.Serializer):
     uuid = serializers.CharField()
     state = serializers.CharField()
     disks = DiskInfoSerializer(many=True)
+    problems = serializers.ListField(child=serializers.CharField(), help_text=(
+        "why this VM cannot become a template (a disk that is not a file, or whose backing chain leaves the "
+        "VM's own files), naming the disk; empty when it can"))
 
 
 class CanListVMs(permissions.BasePermission):
@@ -79,13 +84,16 @@ class HostViewSet(viewsets.ModelViewSet):
             throttle_classes=[ScopedRateThrottle], throttle_scope="host_vms")
     def vms(self, request, pk=None):
         """The host's shut-off VMs (the ones that can become templates), with their disks, read live
-        from libvirt: one call over the host's pinned connection. Needs ``view_host`` or
+        from libvirt (one call over the host's pinned connection), and why a VM's disks cannot be copied
+        (``problems``; one SSH call reads the disks' image headers). Needs ``view_host`` or
         ``add_template``; throttled per user (VMSEAL_HOST_VMS_RATE)."""
         from hostjobs import virt
         from hostjobs.errors import HostError
 
+        host = self.get_object()
         try:
-            domains = virt.list_domains(self.get_object(), stopped_only=True)
+            domains = virt.list_domains(host, stopped_only=True)
+            virt.check_sources(host, domains)
         except HostError as e:
             return Response({"detail": str(e), "code": e.code}, status=status.HTTP_502_BAD_GATEWAY)
         return Response(VMSerializer(domains, many=True).data)
