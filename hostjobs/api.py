@@ -4,6 +4,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 
 from hostjobs.errors import HostInUse, InvalidTransition
 from hostjobs.models import Host, HostJob
@@ -45,8 +46,10 @@ class Conflict(exceptions.APIException):
 
 class DiskInfoSerializer(serializers.Serializer):
     target = serializers.CharField()
+    type = serializers.CharField(help_text="libvirt's disk type: file, block, network, volume")
     path = serializers.CharField()
     format = serializers.CharField()
+    readonly = serializers.BooleanField()
     size = serializers.IntegerField(allow_null=True)
 
 
@@ -55,6 +58,18 @@ class VMSerializer(serializers.Serializer):
     uuid = serializers.CharField()
     state = serializers.CharField()
     disks = DiskInfoSerializer(many=True)
+    problems = serializers.ListField(child=serializers.CharField(), help_text=(
+        "why this VM cannot become a template (a disk that is not a file, or whose backing chain leaves the "
+        "VM's own files), naming the disk; empty when it can"))
+
+
+class CanListVMs(permissions.BasePermission):
+    """Listing a host's VMs opens a libvirt connection to it: for who may see hosts or make templates
+    (the New Template form uses it). A string, not an import: hostjobs does not import templates."""
+
+    def has_permission(self, request, view):
+        user = request.user
+        return user.is_authenticated and any(user.has_perm(p) for p in ("hostjobs.view_host", "templates.add_template"))
 
 
 class HostViewSet(viewsets.ModelViewSet):
@@ -63,6 +78,7 @@ class HostViewSet(viewsets.ModelViewSet):
     filterset_fields = ["name", "address"]
     ordering_fields = ["name", "created"]
     search_fields = ["name", "address"]
+    throttle_scope = None  # only vms is throttled (its own scope)
 
     def destroy(self, request, *args, **kwargs):
         """409 while the host has templates, volumes or jobs, saying which; nothing is deleted."""
@@ -78,15 +94,20 @@ class HostViewSet(viewsets.ModelViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(responses={200: VMSerializer(many=True)}, filters=False)
-    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[], permission_classes=[CanListVMs],
+            throttle_classes=[ScopedRateThrottle], throttle_scope="host_vms")
     def vms(self, request, pk=None):
         """The host's shut-off VMs (the ones that can become templates), with their disks, read live
-        from libvirt: one call over the host's pinned connection."""
+        from libvirt (one call over the host's pinned connection), and why a VM's disks cannot be copied
+        (``problems``; one SSH call reads the disks' image headers). Needs ``view_host`` or
+        ``add_template``; throttled per user (VMSEAL_HOST_VMS_RATE)."""
         from hostjobs import virt
         from hostjobs.errors import HostError
 
+        host = self.get_object()
         try:
-            domains = virt.list_domains(self.get_object(), stopped_only=True)
+            domains = virt.list_domains(host, stopped_only=True)
+            virt.check_sources(host, domains)
         except HostError as e:
             return Response({"detail": str(e), "code": e.code}, status=status.HTTP_502_BAD_GATEWAY)
         return Response(VMSerializer(domains, many=True).data)
@@ -131,10 +152,10 @@ class HostJobViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["post"], permission_classes=[CanCancelJobs])
     def cancel(self, request, pk=None):
         """Cancel a job: ``aborting`` until its worker has stopped the host work and rolled back,
-        then ``aborted``. 409 when the job already ended."""
+        then ``aborted``. 409 when the job already ended, or is a delete (it runs to its end)."""
         job = self.get_object()
         try:
             job.cancel(f"cancelled by {request.user.get_username()}")
         except InvalidTransition as e:
-            return Response({"detail": str(e), "status": job.status}, status=status.HTTP_409_CONFLICT)
+            return Response({"detail": str(e), "code": e.code, "status": job.status}, status=status.HTTP_409_CONFLICT)
         return Response(HostJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)

@@ -13,6 +13,8 @@ import hashlib
 import hmac
 import json
 import logging
+import re
+import secrets
 import time
 from datetime import timedelta
 
@@ -29,6 +31,7 @@ from hostjobs.models import CallbackNonce, Host, HostJob
 log = logging.getLogger("vmseal.callbacks")
 MAX_SKEW = 300
 MAX_BODY = 64 * 1024
+_DECOY_SECRET = secrets.token_hex(32)
 
 # Sent for libvirt hook events: sender=Host, event=dict(kind, domain, op, subop). The flow (sealing)
 # listens, so hostjobs does not need to know what a template is.
@@ -43,6 +46,23 @@ def _refuse(status: int, why: str) -> JsonResponse:
     return JsonResponse({"detail": why}, status=status)
 
 
+TIMESTAMP = re.compile(r"[0-9]{1,12}")
+NONCE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+SIGNATURE = re.compile(r"[0-9a-f]{64}")
+# One answer for every notification that no known host signed (malformed signature, unknown host,
+# wrong signature): the endpoint does not tell which host ids exist.
+NOT_SIGNED = "not signed by a known host"
+
+
+def _sender(body: bytes) -> tuple[dict, Host | None]:
+    """The notification and the host it names (None: not JSON, no host, no such host)."""
+    try:
+        payload = json.loads(body)
+        return payload, Host.objects.get(pk=int(payload["host"]))
+    except (ValueError, KeyError, TypeError, OverflowError, Host.DoesNotExist):
+        return {}, None
+
+
 @csrf_exempt
 @require_POST
 def callback(request):
@@ -52,15 +72,14 @@ def callback(request):
     ts = request.headers.get("X-Vmseal-Timestamp", "")
     nonce = request.headers.get("X-Vmseal-Nonce", "")
     sig = request.headers.get("X-Vmseal-Signature", "")
-    if not (ts.isdigit() and nonce and sig and len(nonce) <= 64):
-        return _refuse(401, "unsigned")
-    try:
-        payload = json.loads(body)
-        host = Host.objects.get(pk=int(payload["host"]))
-    except (ValueError, KeyError, TypeError, Host.DoesNotExist):
-        return _refuse(401, "unknown host")
-    if not hmac.compare_digest(sign(host.callback_secret, body, ts, nonce), sig):
-        return _refuse(401, "bad signature")
+    # ASCII only, and of the shapes sign() makes: anything else (non-ASCII, other digits) is unsigned
+    if not (TIMESTAMP.fullmatch(ts) and NONCE.fullmatch(nonce) and SIGNATURE.fullmatch(sig)):
+        return _refuse(401, NOT_SIGNED)
+    payload, host = _sender(body)
+    # an unknown host costs the same HMAC as a known one, and gets the same answer as a bad signature
+    expected = sign(host.callback_secret if host else _DECOY_SECRET, body, ts, nonce)
+    if not hmac.compare_digest(expected, sig) or host is None:
+        return _refuse(401, NOT_SIGNED)
     if abs(time.time() - int(ts)) > MAX_SKEW:
         return _refuse(401, "stale timestamp")
     try:

@@ -65,3 +65,10 @@ class HostInUse(VmsealError):
     def __init__(self, message: str, *, field: str = "", detail: str = ""):
         super().__init__(message, detail=detail)
         self.field = field
+
+
+class NotCancellable(InvalidTransition):
+    """A job that runs to its end once started: a delete (stopped half way, it would leave a template
+    with some of its volumes deleted)."""
+
+    code = "not_cancellable"

@@ -19,7 +19,7 @@ from django.db import models
 from django.utils import timezone
 
 from hostjobs import validators as hv
-from hostjobs.errors import HostInUse, InvalidTransition
+from hostjobs.errors import HostInUse, InvalidTransition, NotCancellable
 
 
 def _new_secret() -> str:
@@ -176,6 +176,8 @@ TRANSITIONS = {
     JobStatus.RUNNING: {JobStatus.DONE, JobStatus.FAILED, JobStatus.ABORTING},
     JobStatus.ABORTING: {JobStatus.ABORTED, JobStatus.FAILED},
 }
+# Deletes run to their end once requested: the template is locked until its delete operation ends.
+UNCANCELLABLE = frozenset({JobAction.DELETE_TEMPLATE, JobAction.DELETE})
 LOG_LIMIT = 256 * 1024  # keep the tail of very long logs
 
 
@@ -281,9 +283,15 @@ class HostJob(models.Model):
 
     def cancel(self, reason: str = "cancelled on request") -> None:
         """Ask for this job to stop. Whoever runs it (a flow's worker) aborts its host work, rolls back
-        and records ``aborted``. Cancelling a terminal or already aborting job is an error."""
+        and records ``aborted``. Cancelling a terminal or already aborting job is an error, and so is
+        cancelling a delete (NotCancellable): it ends by itself, and stopped half way it would leave a
+        template with some of its volumes gone."""
         if self.is_terminal or self.status == JobStatus.ABORTING:
             raise InvalidTransition(f"job {self.pk} is {self.status}: it cannot be cancelled")
+        if self.action in UNCANCELLABLE:
+            raise NotCancellable(f"job {self.pk} ({self.get_action_display().lower()}) cannot be cancelled: a delete "
+                                 "runs to its end (stopped half way it would leave some volumes deleted and "
+                                 "others not); it ends by itself")
         HostJob.objects.filter(pk=self.pk).update(error=reason[:4000])
         self.error = reason
         self.request_abort()

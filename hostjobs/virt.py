@@ -8,6 +8,7 @@ leaves this module as one of vmseal's own exceptions.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -140,6 +141,8 @@ class Disk:
     format: str
     readonly: bool = False
     size: int | None = None
+    type: str = "file"  # libvirt's <disk type=...>: file, block, network, volume, ...
+    backing: list[tuple[str, str]] = field(default_factory=list)  # (type, path) of a declared <backingStore>
 
 
 @dataclass
@@ -148,29 +151,119 @@ class DomainInfo:
     uuid: str
     state: str
     disks: list[Disk] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # why its disks cannot be copied (check_sources)
 
     @property
     def stopped(self) -> bool:
         return self.state == "shut off"
 
 
+COPYABLE_FORMATS = ("raw", "qcow2")  # what the host's create-volume reads
+
+
+def _source(kind: str, src) -> str:
+    """Where a disk (or a backing store) of libvirt type ``kind`` reads from, as one string."""
+    if src is None:
+        return ""
+    if kind == "network":
+        hosts = ",".join(h.get("name", "") + (f":{h.get('port')}" if h.get("port") else "")
+                         for h in src.findall("host"))
+        return f"{src.get('protocol', '?')}://{hosts}/{src.get('name', '')}"
+    if kind == "volume":
+        return f"{src.get('pool', '?')}/{src.get('volume', '')}"
+    return src.get("file") or src.get("dev") or src.get("dir") or ""
+
+
 def parse_disks(xml: str) -> list[Disk]:
-    """The domain's writable file/block disks (not cdroms), in target order."""
+    """The domain's disks (not cdroms or floppies), in target order, whatever their type: a disk that
+    cannot be copied is listed too, so check_sources can refuse it rather than the template miss it."""
     disks = []
     for d in ET.fromstring(xml).findall("./devices/disk"):
         if d.get("device", "disk") != "disk":
             continue
+        kind = d.get("type", "file")
         src, tgt, drv = d.find("source"), d.find("target"), d.find("driver")
-        path = None if src is None else (src.get("file") or src.get("dev"))
-        if not path:
-            continue
+        path = _source(kind, src)
+        if not path and kind == "file":
+            continue  # no medium
+        backing, store = [], d.find("backingStore")
+        while store is not None and store.find("source") is not None:
+            backing.append((store.get("type", "file"), _source(store.get("type", "file"), store.find("source"))))
+            store = store.find("backingStore")
         disks.append(Disk(
             target=tgt.get("dev") if tgt is not None else "",
             path=path,
             format=(drv.get("type") if drv is not None else None) or "raw",
             readonly=d.find("readonly") is not None,
+            type=kind,
+            backing=backing,
         ))
     return disks
+
+
+def declared_problems(disks: list[Disk]) -> list[str]:
+    """What the domain XML alone says cannot be copied, naming each writable disk at fault: not a file
+    (a block device, a network or pool volume disk), a format create-volume cannot read, a relative
+    path, a declared backing store outside the VM's own disk files."""
+    own = {d.path for d in disks if d.type == "file"}
+    problems = []
+    for d in disks:
+        if d.readonly:
+            continue  # not copied
+        name = f"disk {d.target or '?'} ({d.path})"
+        if d.type != "file":
+            what = {"block": "a block device", "network": "a network disk", "volume": "a storage pool volume"}
+            problems.append(f"{name} is {what.get(d.type, f'of type {d.type!r}')}: only disks in files can be copied")
+            continue
+        if not d.path.startswith("/"):
+            problems.append(f"{name}: not an absolute path")
+        elif d.format not in COPYABLE_FORMATS:
+            problems.append(f"{name} is {d.format}: only {' and '.join(COPYABLE_FORMATS)} disks can be copied")
+        for kind, path in d.backing:
+            if kind != "file" or path not in own:
+                problems.append(f"{name} has a backing store outside the VM's own disk files ({kind} {path})")
+                break
+    return problems
+
+
+# One SSH round trip for the images of many disks: `qemu-img info` of each (format as declared; it does
+# not open backing files, so a backing file elsewhere is named, never read), one line each, in order;
+# a line starting with '!' is qemu-img's error.
+_IMAGE_INFO = ('while [ $# -gt 1 ]; do '
+               'if out=$(qemu-img info -U --output=json -f "$1" "$2" 2>&1); then printf "%s\\n" "$out" | tr -d "\\n"; '
+               'else printf "!%s" "$out" | tr "\\n" " "; fi; echo; shift 2; done')
+
+
+def check_sources(host, domains: list[DomainInfo]) -> None:
+    """Fill each domain's ``problems``: its writable disks must be files vmseal can copy whole, whose
+    images leave none of the VM's own files (a qcow2 backing file or external data file elsewhere
+    would be flattened into the template). One SSH call for all the domains' images."""
+    for info in domains:
+        info.problems = declared_problems(info.disks)
+    todo = [(info, d) for info in domains if not info.problems for d in info.disks if not d.readonly]
+    if not todo:
+        return
+    args = [x for _, d in todo for x in (d.format, d.path)]
+    out = transport.run(host, ["sh", "-c", _IMAGE_INFO, "vmseal-image-info", *args], timeout=60).stdout
+    lines = out.splitlines()
+    for i, (info, d) in enumerate(todo):
+        line = lines[i] if i < len(lines) else "!no answer"
+        name = f"disk {d.target or '?'} ({d.path})"
+        if line.startswith("!"):
+            info.problems.append(f"{name} cannot be read: {line[1:].strip()[:300]}")
+            continue
+        try:  # qemu-img's warnings, if any, come first
+            image = json.loads(line[line.find("{"):])
+        except ValueError:
+            info.problems.append(f"{name}: qemu-img gave no readable answer")
+            continue
+        own = {x.path for x in info.disks if x.type == "file"}
+        backing = image.get("full-backing-filename") or image.get("backing-filename")
+        data_file = ((image.get("format-specific") or {}).get("data") or {}).get("data-file")
+        if backing and backing not in own:
+            info.problems.append(f"{name} has a backing file outside the VM's own disk files ({backing})")
+        if data_file and data_file not in own:
+            info.problems.append(f"{name} keeps its data in another file ({data_file})")
 
 
 def domain_info(host, name: str) -> DomainInfo:
@@ -196,8 +289,10 @@ def list_domains(host, *, stopped_only: bool = False) -> list[DomainInfo]:
             if stopped_only and not info.stopped:
                 continue
             for d in info.disks:
+                if d.type != "file":
+                    continue  # libvirt would have to reach a device or a server to tell: unknown
                 try:
-                    d.size = dom.blockInfo(d.path)[0]
+                    d.size = dom.blockInfo(d.target or d.path)[0]
                 except libvirt.libvirtError:
                     d.size = None
             out.append(info)

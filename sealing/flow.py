@@ -261,6 +261,9 @@ def create_template(ctx: Context) -> None:
     writable = [d for d in info.disks if not d.readonly]
     if not writable:
         raise FlowFailed(f"VM {t.vm_name!r} has no disks to copy")
+    ctx.host_call(virt.check_sources, t.host, [info])  # the VM may have been redefined since the request
+    if info.problems:
+        raise FlowFailed(f"VM {t.vm_name!r} cannot become a template: {'; '.join(info.problems)}")
     if not t.disks.exists():
         TemplateDisk.objects.bulk_create(
             TemplateDisk(template=t, index=i, target=d.target, source_path=d.path, source_format=d.format)

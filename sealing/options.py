@@ -54,19 +54,64 @@ class SSHKeySerializer(serializers.Serializer):
         return " ".join(p for p in (ktype, blob, comment) if p)
 
 
+# Bounds: every value is one argv element of virt-sysprep on the host, and the kernel refuses an exec
+# whose single argument exceeds MAX_ARG_STRLEN (131072 bytes) or whose argv+environment exceeds ARG_MAX
+# (2 MiB with an 8 MiB stack). The options' share of the command is kept to COMMAND_LIMIT, well below
+# both, so an accepted request never fails on the host after its disks were copied.
+MAX_SSH_KEYS = 32
+MAX_ACCOUNTS = 256
+MAX_OPERATIONS = 64
+MAX_FIRSTBOOT_COMMANDS = 16
+COMMAND_LIMIT = 64 * 1024  # bytes of virt-sysprep argv (each element + its NUL) the options may make
+_PLACEHOLDER_HASH = "$6$" + "s" * 16 + "$" + "h" * 86  # SHA-512 crypt: as long as the real hash
+_PLACEHOLDER_LIB = "/var/lib/vmseal/lib/0123456789abcdef"
+
+
+def command_size(options: dict) -> int:
+    """Bytes of the virt-sysprep argv these (validated) options make over one disk, as the kernel counts
+    them (each element and its NUL)."""
+    from sealing.sysprep import build_command
+
+    opts = dict(options)
+    if opts.pop("root_password", None):
+        opts["root_password_hash"] = _PLACEHOLDER_HASH
+    argv = build_command([("/var/lib/vmseal/templates/" + "0" * 36 + ".qcow2", "qcow2")], opts,
+                         script=f"{_PLACEHOLDER_LIB}/sysprep_script.sh",
+                         audit_script=f"{_PLACEHOLDER_LIB}/guest_audit.sh")
+    return sum(len(a.encode()) + 1 for a in argv)
+
+
+def check_command_size(data: dict) -> None:
+    """Refuse options whose virt-sysprep command would exceed COMMAND_LIMIT, naming the field that
+    adds the most to it."""
+    size = command_size(data)
+    if size <= COMMAND_LIMIT:
+        return
+    field = max(data, key=lambda k: size - command_size({f: v for f, v in data.items() if f != k}))
+    raise serializers.ValidationError({field: [
+        f"the seal options make a virt-sysprep command of {size} bytes, over the limit of {COMMAND_LIMIT}: "
+        f"give fewer or shorter values"]})
+
+
 class SealOptionsSerializer(serializers.Serializer):
-    operations_add = serializers.ListField(child=serializers.CharField(max_length=64), required=False, max_length=64)
+    class Meta:
+        validators = [check_command_size]
+
+    operations_add = serializers.ListField(child=serializers.CharField(max_length=64), required=False,
+                                           max_length=MAX_OPERATIONS)
     operations_remove = serializers.ListField(child=serializers.CharField(max_length=64), required=False,
-                                              max_length=64)
+                                              max_length=MAX_OPERATIONS)
     hostname = serializers.CharField(required=False, max_length=253)
     timezone = serializers.CharField(required=False, max_length=64)
     root_password = serializers.CharField(required=False, write_only=True, min_length=8, max_length=256,
                                           trim_whitespace=False)
-    ssh_keys = SSHKeySerializer(many=True, required=False)
+    ssh_keys = SSHKeySerializer(many=True, required=False, max_length=MAX_SSH_KEYS)
     firstboot_commands = serializers.ListField(child=serializers.CharField(max_length=1024, trim_whitespace=False),
-                                               required=False, max_length=16)
-    remove_user_accounts = serializers.ListField(child=serializers.CharField(max_length=32), required=False)
-    keep_user_accounts = serializers.ListField(child=serializers.CharField(max_length=32), required=False)
+                                               required=False, max_length=MAX_FIRSTBOOT_COMMANDS)
+    remove_user_accounts = serializers.ListField(child=serializers.CharField(max_length=32), required=False,
+                                                 max_length=MAX_ACCOUNTS)
+    keep_user_accounts = serializers.ListField(child=serializers.CharField(max_length=32), required=False,
+                                               max_length=MAX_ACCOUNTS)
 
     def validate_operations_add(self, value):
         return self._ops(value)

@@ -35,6 +35,13 @@ def validate_source(host, vm_name: str) -> virt.DomainInfo:
                       "vm_not_stopped", status=409)
     if not [d for d in info.disks if not d.readonly]:
         raise Refused("vm", f"VM {vm_name!r} has no disks", "vm_without_disks")
+    try:
+        virt.check_sources(host, [info])
+    except HostError as e:
+        raise Refused("host", f"host {host.name} cannot be used: {e}", e.code, status=400) from None
+    if info.problems:
+        raise Refused("vm", f"VM {vm_name!r} cannot become a template: {'; '.join(info.problems)}",
+                      "vm_disk_not_copyable")
     return info
 
 

@@ -181,16 +181,14 @@ class TemplateViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
             claim, replay = idempotency.claim(request.user, key, digest)
             if replay is not None:
                 return self._accepted(replay)
-        ser = self.get_serializer(data=request.data)
-        if not ser.is_valid():
-            idempotency.release(claim)
-            raise serializers.ValidationError(ser.errors)
         try:
+            ser = self.get_serializer(data=request.data)
+            ser.is_valid(raise_exception=True)  # a 400, or the 403 of a seal without seal_template
             op = service.start(Template(**ser.validated_data))
         except service.Refused as e:
             idempotency.release(claim)
             raise Refused(e) from None
-        except Exception:
+        except BaseException:  # every refusal (4xx) and every failure (5xx) frees the key
             idempotency.release(claim)
             raise
         idempotency.complete(claim, op)

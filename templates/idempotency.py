@@ -3,7 +3,8 @@
 The first request with a key claims it (a unique row, so two concurrent requests cannot both start);
 once the operation started, the key points at its job. A retry with the same key and body gets that
 job; the same key with another body is a 422; a retry while the first is still being accepted is a
-409. A refused request frees its key, so the client can correct and retry.
+409. A request that did not start an operation (any 4xx or 5xx) frees its key, so the client can
+correct and retry.
 """
 
 from django.db import IntegrityError, transaction

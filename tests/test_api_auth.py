@@ -5,10 +5,19 @@ from django.core.management import call_command
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("path", ["/api/templates/", "/api/hosts/", "/api/jobs/", "/api/volumes/"])
+@pytest.mark.parametrize("path", ["/api/templates/", "/api/hosts/", "/api/jobs/", "/api/volumes/", "/api/schema/",
+                                  "/api/docs/"])
 def test_anonymous_requests_are_refused(client, path):
     assert client.get(path).status_code in (401, 403)
     assert client.post(path, {"name": "x"}, content_type="application/json").status_code in (401, 403)
+
+
+@pytest.mark.django_db
+def test_the_schema_and_its_ui_answer_authenticated_users(client, django_user_model):
+    django_user_model.objects.create_user("reader", password="reader-pass-1")
+    client.login(username="reader", password="reader-pass-1")
+    assert client.get("/api/schema/?format=json").json()["info"]["title"] == "vmseal API"
+    assert "swagger-ui" in client.get("/api/docs/").content.decode()
 
 
 @pytest.mark.django_db

@@ -142,3 +142,38 @@ def test_cancel_api(admin_client, hosts, running_job, django_user_model, client)
     assert r.status_code == 202
     assert r.json()["status"] == "aborting"
     assert admin_client.post(f"/api/jobs/{running_job.pk}/cancel/").status_code == 409
+
+
+@pytest.mark.parametrize(("header", "value"), [
+    ("sig", "é" * 64),                  # non-ASCII (a WSGI server hands headers over as latin-1)
+    ("sig", "\u0661" * 64),             # non-ASCII digits
+    ("sig", "zz"),                      # not hex
+    ("sig", "A" * 64),                  # not what sign() makes
+    ("ts", "\u00b2"),                   # isdigit(), but not a number int() reads
+    ("ts", "\u0661\u0662\u0663"),       # Arabic-Indic digits
+    ("nonce", "n\u00e9"),
+    ("nonce", "x" * 65),
+])
+def test_malformed_signature_headers_are_a_401_not_a_500(client, hosts, running_job, header, value):
+    a = hosts[0]
+    r = post(client, done(running_job, a), a.callback_secret, **{header: value})
+    assert r.status_code == 401, r.content
+    assert r.json() == {"detail": "not signed by a known host"}
+    assert status(running_job) == "running"
+    assert CallbackNonce.objects.count() == 0
+
+
+def test_an_unknown_host_and_a_bad_signature_get_the_same_answer(client, hosts, running_job):
+    """The endpoint does not tell which host ids exist."""
+    a = hosts[0]
+    missing = max(Host.objects.values_list("pk", flat=True)) + 100
+    answers = []
+    for payload, secret in [({**done(running_job, a), "host": missing}, a.callback_secret),  # unknown host
+                            (done(running_job, a), "0" * 64),                                # bad signature
+                            ({**done(running_job, a), "host": "x"}, a.callback_secret),      # not a host id
+                            ({**done(running_job, a), "host": 10**30}, a.callback_secret)]:  # out of range
+        r = post(client, payload, secret)
+        answers.append((r.status_code, r.content))
+    assert answers == [(401, b'{"detail": "not signed by a known host"}')] * 4
+    assert status(running_job) == "running"
+    assert CallbackNonce.objects.count() == 0

@@ -254,3 +254,78 @@ def test_deleting_a_template_while_its_job_runs_is_refused(admin_client, host):
     assert snapshot() == before
     t.refresh_from_db()
     assert (t.status, t.job_id) == ("locked", op.pk)
+
+
+# -- Idempotency-Key -------------------------------------------------------------------------------
+@pytest.mark.django_db
+def test_every_refusal_frees_the_idempotency_key(client, django_user_model, host):
+    """A key stays claimed only by a request that started an operation: a 403 (a seal without the
+    seal_template permission), a 400 (validation) or a refusal by the host check frees it, so the
+    corrected request with the same key is taken, not a 409."""
+    from django.contrib.auth.models import Permission
+
+    from templates.models import IdempotencyKey
+
+    maker = _user(django_user_model, "keyed", "add_template")
+    client.force_login(maker)
+    body = {"name": "keyed", "host": host.pk, "vm": "v", "seal": True}
+
+    def create(data):
+        return client.post("/api/templates/", data, content_type="application/json", HTTP_IDEMPOTENCY_KEY="k-1")
+
+    r = create(body)
+    assert r.status_code == 403, r.content
+    assert not IdempotencyKey.objects.exists(), "a 403 frees the key"
+    r = create({**body, "seal_options": {"hostname": "not a host name"}})
+    assert r.status_code in (400, 403), r.content
+    assert not IdempotencyKey.objects.exists()
+    maker.user_permissions.add(Permission.objects.get(codename="seal_template"))
+    client.force_login(django_user_model.objects.get(pk=maker.pk))  # permissions are cached per user object
+    r = create(body)
+    assert r.status_code == 400, r.content  # past the permission: refused by the host check, not a 409
+    assert "host" in r.json()
+    assert not IdempotencyKey.objects.exists()
+
+
+# -- GET /api/hosts/<id>/vms/ (opens a libvirt connection to the host) -----------------------------------
+@pytest.mark.django_db
+def test_listing_a_hosts_vms_needs_view_host_or_add_template(client, django_user_model, host):
+    """A reader without either permission is refused before any connection is attempted (the host's
+    key is unusable: an attempt would be a 502 'cannot be used', not a 403)."""
+    client.force_login(_user(django_user_model, "plain"))
+    r = client.get(f"/api/hosts/{host.pk}/vms/")
+    assert r.status_code == 403, r.content
+    assert client.get(f"/api/hosts/{host.pk}/").status_code == 200, "the host itself stays readable"
+    for codename in ("view_host", "add_template"):
+        client.force_login(_user(django_user_model, f"with-{codename}", codename))
+        r = client.get(f"/api/hosts/{host.pk}/vms/")
+        assert r.status_code == 502, r.content  # allowed: it went on to the host (whose key is unusable)
+    client.logout()
+    assert client.get(f"/api/hosts/{host.pk}/vms/").status_code in (401, 403)
+
+
+@pytest.mark.django_db
+def test_listing_a_hosts_vms_is_throttled_per_user(client, django_user_model, host, monkeypatch):
+    from rest_framework.throttling import ScopedRateThrottle
+
+    monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {"host_vms": "2/min", "template_create": "30/min"})
+    client.force_login(_user(django_user_model, "lister", "view_host"))
+    assert [client.get(f"/api/hosts/{host.pk}/vms/").status_code for _ in range(2)] == [502, 502]
+    r = client.get(f"/api/hosts/{host.pk}/vms/")
+    assert r.status_code == 429
+    assert int(r.headers["Retry-After"]) > 0
+    assert client.get(f"/api/hosts/{host.pk}/").status_code == 200, "other reads are not throttled"
+    client.force_login(_user(django_user_model, "other", "view_host"))
+    assert client.get(f"/api/hosts/{host.pk}/vms/").status_code == 502, "per user"
+
+
+def test_the_vms_rate_is_a_setting_from_the_environment():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import django; django.setup(); from django.conf import settings; "
+            "print(settings.REST_FRAMEWORK['DEFAULT_THROTTLE_RATES']['host_vms'])")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "vmseal.settings", "VMSEAL_HOST_VMS_RATE": "7/hour"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "7/hour"

@@ -12,6 +12,7 @@ Environment:
   VMSEAL_DB_NAME         for sqlite: the database file (default <data dir>/vmseal.sqlite3)
   VMSEAL_REDIS_URL       use django-q2's Redis broker instead of the ORM broker (and Redis as Django's cache)
   VMSEAL_TEMPLATE_CREATE_RATE  template creations per user (default 30/min; DRF rate syntax)
+  VMSEAL_HOST_VMS_RATE   GET /api/hosts/<id>/vms/ per user (default 30/min: each opens libvirt on the host)
   VMSEAL_Q_WORKERS       qcluster workers (default 4: work is mostly waiting on hosts)
   VMSEAL_MAX_PARALLEL_SEALS  virt-sysprep runs at once per host (default 2; Host.max_parallel_seals overrides)
 """
@@ -149,8 +150,10 @@ REST_FRAMEWORK = {
         "rest_framework.filters.SearchFilter",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    # Template creation is throttled per user (each one starts host work); see TemplateViewSet.
-    "DEFAULT_THROTTLE_RATES": {"template_create": os.environ.get("VMSEAL_TEMPLATE_CREATE_RATE", "30/min")},
+    # Template creation and listing a host's VMs are throttled per user (each one works on a host);
+    # see TemplateViewSet and HostViewSet.vms.
+    "DEFAULT_THROTTLE_RATES": {"template_create": os.environ.get("VMSEAL_TEMPLATE_CREATE_RATE", "30/min"),
+                               "host_vms": os.environ.get("VMSEAL_HOST_VMS_RATE", "30/min")},
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "vmseal API",
