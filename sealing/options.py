@@ -70,14 +70,14 @@ _PLACEHOLDER_LIB = "/var/lib/vmseal/lib/0123456789abcdef"
 def command_size(options: dict) -> int:
     """Bytes of the virt-sysprep argv these (validated) options make over one disk, as the kernel counts
     them (each element and its NUL)."""
-    from sealing.sysprep import build_command
+    from sealing.sysprep import REPORT_DISK, build_command
 
     opts = dict(options)
     if opts.pop("root_password", None):
         opts["root_password_hash"] = _PLACEHOLDER_HASH
     argv = build_command([("/var/lib/vmseal/templates/" + "0" * 36 + ".qcow2", "qcow2")], opts,
-                         script=f"{_PLACEHOLDER_LIB}/sysprep_script.sh",
-                         audit_script=f"{_PLACEHOLDER_LIB}/guest_audit.sh")
+                         prepare_script=f"{_PLACEHOLDER_LIB}/guest_prepare.sh",
+                         audit_script=f"{_PLACEHOLDER_LIB}/guest_audit.sh", report_disk=REPORT_DISK).argv
     return sum(len(a.encode()) + 1 for a in argv)
 
 

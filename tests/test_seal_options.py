@@ -32,8 +32,9 @@ def argv_of(data: dict) -> list[str]:
     if opts.pop("root_password", None):
         opts["root_password_hash"] = "$6$" + "s" * 16 + "$" + "h" * 86
     return sysprep.build_command([("/var/lib/vmseal/templates/" + "0" * 36 + ".qcow2", "qcow2")], opts,
-                                 script="/var/lib/vmseal/lib/0123456789abcdef/sysprep_script.sh",
-                                 audit_script="/var/lib/vmseal/lib/0123456789abcdef/guest_audit.sh")
+                                 prepare_script="/var/lib/vmseal/lib/0123456789abcdef/guest_prepare.sh",
+                                 audit_script="/var/lib/vmseal/lib/0123456789abcdef/guest_audit.sh",
+                                 report_disk=sysprep.REPORT_DISK).argv
 
 
 @st.composite
