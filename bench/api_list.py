@@ -6,12 +6,16 @@ Prints the SQL queries one page costs at several places in the list (the same nu
 N+1), latency percentiles and throughput, and last `p99_ms=<n>`.
 
     .venv/bin/python bench/api_list.py [--db sqlite|postgresql] [--clients 32] [--seconds 20]
-                                       [--templates 10000] [--workers 2] [--think-ms 1000]
+                                       [--templates 10000] [--workers 2] [--think-ms 1000] [--quick]
 
 --db postgresql starts the private PostgreSQL of scripts/services.sh (and stops it at the end unless it
 was already running). Each client sends its next request when the previous answer arrived, plus a
 think time drawn uniformly from 0.5-1.5 x --think-ms (default 1000: people and scripts paging about
 once a second; 0: back to back, the most load the clients can make, a saturation test).
+
+--quick (CI): 200 templates, 4 clients for 3 s with a 100 ms think time: the same path end to end (the
+database written, the query count at three pages, gunicorn under load); any failed request fails it. Its
+figures are a check that the bench works, not a measurement.
 """
 
 import argparse
@@ -109,8 +113,10 @@ def queries_per_page(token: str, pages: list[int]) -> dict[int, int]:
     for page in pages:
         with CaptureQueriesContext(connection) as q:
             r = client.get(f"/api/templates/?page={page}", HTTP_AUTHORIZATION=f"Token {token}")
-        assert r.status_code == 200, r.content[:300]
-        assert len(r.json()["results"]) == 50
+        if r.status_code != 200 or len(r.json()["results"]) != 50:
+            from _common import fail
+
+            fail(f"page {page}: {r.status_code}, {r.content[:300]!r}")
         out[page] = len(q)
     return out
 
@@ -175,12 +181,15 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--think-ms", type=float, default=1000)
+    ap.add_argument("--quick", action="store_true", help="small counts, a few seconds: a check that the bench works")
     args = ap.parse_args()
+    if args.quick:
+        args.templates, args.clients, args.seconds, args.think_ms = 200, 4, 3, 100
     env, started_pg = setup_env(args.db)
     import django
 
     django.setup()
-    from _common import gunicorn, stop, wait_http
+    from _common import check_port_free, fail, gunicorn, stop, wait_http
 
     web = None
     try:
@@ -191,11 +200,16 @@ def main():
         pages = (args.templates + 49) // 50
         counts = queries_per_page(token, [1, pages // 2, pages])
         print(f"SQL queries per page (page_size 50) at pages {list(counts)}: {list(counts.values())}")
+        check_port_free("127.0.0.1", PORT)
         web = gunicorn(f"127.0.0.1:{PORT}", workers=args.workers, threads=args.threads,
                        env={**os.environ, **env})
         wait_http(f"http://127.0.0.1:{PORT}/api/")
         load(token, 4, 2, pages, 0)  # warm every worker (imports, connections)
         lat, errors = load(token, args.clients, args.seconds, pages, args.think_ms / 1000)
+        if not lat:
+            fail(f"no request succeeded ({errors} errors)")
+        if args.quick and errors:
+            fail(f"{errors} of {errors + len(lat)} requests failed")
         ms = [x * 1000 for x in lat]
         print(f"gunicorn: {args.workers} workers x {args.threads} threads (gthread); {args.clients} clients, "
               f"{args.seconds:.0f}s, think {args.think_ms:.0f} ms; {os.cpu_count()} CPUs")
