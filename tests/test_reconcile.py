@@ -1,4 +1,5 @@
-"""volumes.reconcile.compare: a host's pool-scan against the Volume rows (pure; no database, no host)."""
+"""Host scans without a host: volumes.reconcile.compare (pure: a pool-scan answer against rows), the
+volume rules' metadata check, and on the database which volumes are busy and that fixes are compare-and-set."""
 
 import uuid
 
@@ -104,3 +105,84 @@ def test_meta_problems_refuses_what_must_not_be_mirrored():
     for bad in ({"type": "BOGUS"}, {"legality": None}, {"generation": -1}, {"generation": 1000}, {"generation": True},
                 {"generation": "1"}, {"format": "vmdk"}, {"parent": 5}):
         assert len(meta_problems(meta(a, **bad), a)) == 1, bad
+
+
+@pytest.fixture
+def host_rows(db):
+    from hostjobs.models import Host
+
+    return Host.objects.create(name="h", address="10.211.0.250", host_key="ssh-ed25519 AAAAC3Nz test")
+
+
+def template_with_volume(host, name, **fields):
+    from templates.models import Template, TemplateDisk
+    from volumes.models import Volume
+
+    t = Template.objects.create(name=name, host=host, vm_name="vm", **{"status": "ok", "phase": "DONE", **fields})
+    vol = Volume.objects.create(host=host, type="SHARED", legality="LEGAL", generation=1)
+    TemplateDisk.objects.create(template=t, index=0, target="vda", source_path="/x", source_format="qcow2", volume=vol)
+    return t, str(vol.pk)
+
+
+def test_busy_volumes_are_those_an_operation_may_work_on(host_rows):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from hostjobs.models import HostJob, JobAction
+    from sealing.reconcile import busy_volume_ids
+    from volumes.models import Volume
+
+    now = timezone.now()
+    _, idle = template_with_volume(host_rows, "idle")
+    _, failed_idle = template_with_volume(host_rows, "failed-idle", status="failed", error="scan")
+    _, locked = template_with_volume(host_rows, "locked", status="locked", phase="COPY_DISKS")
+    _, rolling = template_with_volume(host_rows, "rolling", status="failed", phase="ROLLBACK")
+    _, leased = template_with_volume(host_rows, "leased", lease_expires=now + timedelta(seconds=20))
+    _, expired = template_with_volume(host_rows, "expired", lease_expires=now - timedelta(seconds=20))
+    running = HostJob.create(host_rows, JobAction.DELETE_TEMPLATE)
+    running.start()
+    _, job_running = template_with_volume(host_rows, "job-running", job=running)
+    orphan = str(Volume.objects.create(host=host_rows).pk)
+    assert busy_volume_ids(host_rows) == {locked, rolling, leased, job_running, orphan}
+
+    from templates.models import Template
+
+    Template.objects.exclude(name__in=["idle", "failed-idle", "expired"]).delete()
+    assert busy_volume_ids(host_rows) == set(), "a volume of no template is busy only while an operation runs"
+    since = timezone.now()
+    Volume.objects.get(pk=idle).save()
+    assert busy_volume_ids(host_rows, since) == {idle}, "a row written during the scan is left out"
+    assert failed_idle not in busy_volume_ids(host_rows, since)
+    assert expired not in busy_volume_ids(host_rows, since)
+
+
+def test_fixes_are_compare_and_set_against_the_rows_as_read(host_rows):
+    from sealing.reconcile import fail_templates_of_missing
+    from templates.models import Template
+    from volumes.models import Volume
+    from volumes.reconcile import apply, row_state
+
+    t_edit, edited = template_with_volume(host_rows, "edited")
+    t_gone, gone = template_with_volume(host_rows, "gone")
+    rows = {v: row_state(Volume.objects.get(pk=v)) for v in (edited, gone)}
+    report = compare("h", scan((edited, meta(edited, legality="ILLEGAL", generation=2), None, True, False)), rows)
+    # A flow writes both rows after they were read, and locks the missing one's template:
+    Volume.objects.filter(pk__in=[edited, gone]).update(generation=3)
+    Template.objects.filter(pk=t_gone.pk).update(status="locked")
+    apply(host_rows, report, rows)
+    fail_templates_of_missing(host_rows, report)
+    assert report.changed == []
+    assert Volume.objects.get(pk=edited).legality == "LEGAL"
+    assert (Volume.objects.get(pk=gone).legality, Template.objects.get(pk=t_gone.pk).status) == ("LEGAL", "locked")
+
+    Template.objects.filter(pk=t_gone.pk).update(status="ok")
+    rows = {v: row_state(Volume.objects.get(pk=v)) for v in (edited, gone)}
+    report = compare("h", scan((edited, meta(edited, legality="ILLEGAL", generation=2), None, True, False)), rows)
+    apply(host_rows, report, rows)
+    fail_templates_of_missing(host_rows, report)
+    assert len(report.changed) == 3
+    assert (Volume.objects.get(pk=edited).legality, Volume.objects.get(pk=edited).generation) == ("ILLEGAL", 2)
+    assert Volume.objects.get(pk=gone).legality == "ILLEGAL"
+    assert Template.objects.get(pk=t_gone.pk).status == "failed"
+    assert Template.objects.get(pk=t_edit.pk).status == "ok"
