@@ -10,7 +10,9 @@ Every subcommand prints one JSON object on its last stdout line. On refusal it p
 
 Volumes live in a pool directory as ``<id>.qcow2`` with a metadata file ``<id>.meta`` beside it
 (JSON: id, type, legality, generation, parent, format). The metadata file is the truth; it is
-replaced atomically (write + fsync + rename). Everything the helper makes is root's alone: it runs
+replaced atomically (write + fsync + rename), under an exclusive lock of the pool (an flock on a
+0600 file in /var/lib/vmseal/locks, held across read-check-write), so writers on this host serialise;
+readers (volume-info, pool-scan) take it shared. Everything the helper makes is root's alone: it runs
 under umask 077 (what it starts too: qemu-img, virt-sysprep), creates its files with explicit modes,
 and makes a pool directory 0700, volumes and their metadata 0600, and both 0400 once SHARED.
 
@@ -18,6 +20,8 @@ and makes a pool directory 0700, volumes and their metadata 0600, and both 0400 
   update-volume --pool P --id ID --generation N [--legality L] [--type T]
   delete-volume --pool P --id ID
   volume-info   --pool P --id ID
+  pool-scan     --pool P        every file of the pool (lstat only: no symlink followed, no unknown file
+                              opened), each volume's metadata, and the files that are not a volume's
   run [--writable ID]... [--pool P] [--env K=V]... [--report-disk NAME] -- ARGV...
                               refuses SHARED volumes, then runs ARGV; stops it if the pool stays full (a
                               paused appliance never ends by itself). --report-disk: a 1 MiB raw file
@@ -36,6 +40,8 @@ Host jobs (durable, detached; state under /var/lib/vmseal/jobs/<id>/):
 """
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
@@ -43,6 +49,7 @@ import os
 import re
 import shlex
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -67,6 +74,24 @@ def vol_paths(pool, vol_id):
     if not os.path.isabs(pool):
         raise Refused("bad_pool", "pool path must be absolute")
     return os.path.join(pool, vol_id + ".qcow2"), os.path.join(pool, vol_id + ".meta")
+
+
+LOCK_DIR = os.environ.get("VMSEAL_LOCK_DIR", "/var/lib/vmseal/locks")
+
+
+@contextlib.contextmanager
+def pool_lock(pool, shared=False):
+    """Hold the pool's metadata lock: exclusive for a read-check-write, shared to read. The lock file
+    lives outside the pool (a full pool can still be cleaned up; the pool holds volumes only)."""
+    os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
+    name = "pool-" + hashlib.sha256(os.path.normpath(pool).encode()).hexdigest()[:16] + ".lock"
+    fd = os.open(os.path.join(LOCK_DIR, name), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def read_meta(meta_path):
@@ -110,13 +135,13 @@ def image_info(path):
 def cmd_create(a):
     data, meta_path = vol_paths(a.pool, a.id)
     os.makedirs(a.pool, mode=0o700, exist_ok=True)  # an existing pool keeps its mode (libvirt made it 0700)
-    if os.path.exists(meta_path):
-        meta = read_meta(meta_path)
-        rules.check_writable(meta)  # never overwrite a SHARED volume, even on a retried copy
     # Creation in progress: ILLEGAL until the data is complete (vdsm does the same).
     meta = {"id": a.id, "type": rules.LEAF, "legality": rules.ILLEGAL, "generation": 0, "parent": None,
             "format": "qcow2"}
-    write_meta(meta_path, meta)
+    with pool_lock(a.pool):
+        if os.path.exists(meta_path):
+            rules.check_writable(read_meta(meta_path))  # never overwrite a SHARED volume, even on a retried copy
+        write_meta(meta_path, meta)
     tmp = data + ".part"
     # qemu-img creates it 0644 less the umask (077 here): 0600, never readable by others even for a moment
     rate = ["-r", str(a.rate_limit)] if a.rate_limit else []
@@ -130,47 +155,131 @@ def cmd_create(a):
         why = proc.stderr.strip() or proc.stdout.strip() or (
             f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}")
         raise RuntimeError("qemu-img convert failed: " + why)
-    os.replace(tmp, data)
-    meta["legality"] = rules.LEGAL
-    write_meta(meta_path, meta)
+    with pool_lock(a.pool):
+        if _read_meta_or_none(meta_path) != meta:
+            raise Refused("volume_changed", f"volume {a.id} was changed or deleted while its data was copied")
+        os.replace(tmp, data)
+        meta["legality"] = rules.LEGAL
+        write_meta(meta_path, meta)
     return {**meta, **image_info(data), "path": data}
+
+
+def _read_meta_or_none(meta_path):
+    try:
+        return read_meta(meta_path)
+    except (Refused, ValueError):
+        return None
 
 
 def cmd_update(a):
     data, meta_path = vol_paths(a.pool, a.id)
-    meta = read_meta(meta_path)
-    new = rules.plan_update(meta, generation=a.generation, legality=a.legality, type=a.type)
-    if new["type"] == rules.SHARED:
-        os.chmod(data, private_mode(new))
-    write_meta(meta_path, new)
+    with pool_lock(a.pool):  # two updates of one generation: the second sees the first's and is refused
+        meta = read_meta(meta_path)
+        new = rules.plan_update(meta, generation=a.generation, legality=a.legality, type=a.type)
+        if new["type"] == rules.SHARED:
+            os.chmod(data, private_mode(new))
+        write_meta(meta_path, new)
     return {**new, "path": data, "mode": oct(os.stat(data).st_mode & 0o777)}
 
 
 def cmd_delete(a):
     data, meta_path = vol_paths(a.pool, a.id)
-    if os.path.exists(meta_path):
-        meta = read_meta(meta_path)
-        if meta["legality"] != rules.ILLEGAL:
+    with pool_lock(a.pool):
+        meta = _read_meta_or_none(meta_path)  # unreadable metadata: nothing to mark, the volume goes anyway
+        if isinstance(meta, dict) and meta.get("legality") != rules.ILLEGAL and not rules.meta_problems(meta):
             # Mark ILLEGAL first: if removing the data fails, what stays behind is never usable.
             meta = dict(meta, legality=rules.ILLEGAL, generation=rules.next_generation(meta["generation"]))
             write_meta(meta_path, meta)
-    for p in (data + ".part", data):
+        for p in (data + ".part", data):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
         try:
-            os.unlink(p)
+            os.unlink(meta_path)
         except FileNotFoundError:
             pass
-    try:
-        os.unlink(meta_path)
-    except FileNotFoundError:
-        pass
     return {"id": a.id, "deleted": True}
 
 
 def cmd_info(a):
     data, meta_path = vol_paths(a.pool, a.id)
-    meta = read_meta(meta_path)
-    st = os.stat(data)
+    with pool_lock(a.pool, shared=True):
+        meta = read_meta(meta_path)
+        st = os.stat(data)
     return {**meta, "path": data, "mode": oct(st.st_mode & 0o777), **image_info(data)}
+
+
+VOLUME_FILE_RE = re.compile("^(" + ID_RE.pattern[1:-1] + r")\.(qcow2|meta|qcow2\.part)$")
+META_MAX = 64 * 1024
+
+
+def _kind(mode):
+    return ("file" if stat.S_ISREG(mode) else "symlink" if stat.S_ISLNK(mode) else "dir" if stat.S_ISDIR(mode)
+            else "other")
+
+
+def _scan_meta(path):
+    """(metadata, None) or (None, why). Opened without following a symlink or blocking on a FIFO, and
+    read only if it is a regular file; at most META_MAX bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        return None, f"cannot open: {e.strerror}"
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None, "not a regular file"
+        raw = f.read(META_MAX + 1)
+    if len(raw) > META_MAX:
+        return None, "larger than 64 KiB"
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except ValueError as e:
+        return None, f"not JSON: {e}"
+    return meta, None
+
+
+def cmd_pool_scan(a):
+    """Every entry of the pool (lstat: symlinks are never followed), grouped: volumes (``<uuid>.qcow2``,
+    ``.meta``, ``.qcow2.part``, regular files) with their metadata checked by the volume rules, and
+    unknown entries (anything else), which are listed, never opened. Under the pool's shared lock, so no
+    metadata write is seen half-done."""
+    if not os.path.isabs(a.pool):
+        raise Refused("bad_pool", "pool path must be absolute")
+    if not os.path.isdir(a.pool):
+        return {"pool": a.pool, "exists": False, "volumes": [], "unknown": [], "files": []}
+    files, volumes, unknown = [], {}, []
+    with pool_lock(a.pool, shared=True):
+        with os.scandir(a.pool) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            item = {"name": e.name, "kind": _kind(st.st_mode), "size": st.st_size,
+                    "allocated": st.st_blocks * 512, "mode": oct(stat.S_IMODE(st.st_mode))}
+            files.append(item)
+            m = VOLUME_FILE_RE.match(e.name)
+            if not m or item["kind"] != "file":
+                unknown.append(item)
+                continue
+            vol = volumes.setdefault(m.group(1), {"id": m.group(1), "meta": None, "meta_error": None,
+                                                  "data": False, "part": False, "size": None,
+                                                  "allocated": None, "mode": None})
+            if m.group(2) == "meta":
+                meta, why = _scan_meta(e.path)
+                problems = [why] if why else rules.meta_problems(meta, m.group(1))
+                vol["meta"], vol["meta_error"] = (meta, None) if not problems else (None, "; ".join(problems))
+            elif m.group(2) == "qcow2":
+                vol.update(data=True, size=item["size"], allocated=item["allocated"], mode=item["mode"])
+            else:
+                vol["part"] = True
+    for vol in volumes.values():
+        if vol["meta"] is None and vol["meta_error"] is None:
+            vol["meta_error"] = "no metadata file"
+    return {"pool": a.pool, "exists": True, "volumes": [volumes[k] for k in sorted(volumes)], "unknown": unknown,
+            "files": files}
 
 
 REPORT_MAGIC = b"VMSEAL-REPORT-V1"  # hooks/guest_audit.sh looks for it
@@ -607,6 +716,7 @@ def main(argv=None):
         d = sub.add_parser(name)
         d.add_argument("--pool", required=True)
         d.add_argument("--id", required=True)
+    sub.add_parser("pool-scan").add_argument("--pool", required=True)
     r = sub.add_parser("run")
     r.add_argument("--pool", default="/")
     r.add_argument("--writable", action="append", default=[])
@@ -626,7 +736,8 @@ def main(argv=None):
     handler = {"create-volume": cmd_create, "update-volume": cmd_update, "delete-volume": cmd_delete,
                "volume-info": cmd_info, "run": cmd_run, "job-start": cmd_job_start, "job-exec": cmd_job_exec,
                "job-status": cmd_job_status, "job-abort": cmd_job_abort, "job-clear": cmd_job_clear,
-               "host-info": cmd_host_info, "sysprep-operations": cmd_sysprep_operations}[a.cmd]
+               "host-info": cmd_host_info, "sysprep-operations": cmd_sysprep_operations,
+               "pool-scan": cmd_pool_scan}[a.cmd]
     try:
         result = handler(a)
     except (Refused, rules.RuleError) as e:

@@ -141,6 +141,11 @@ def volume_info(host, vol_id: str) -> dict:
     return helper(host, ["volume-info", "--pool", host.pool_path, "--id", vol_id], timeout=60)
 
 
+def pool_scan(host) -> dict:
+    """Every file of the host's pool with each volume's metadata, and the files that are not volumes."""
+    return helper(host, ["pool-scan", "--pool", host.pool_path], timeout=120)
+
+
 def run_on_volumes(host, vol_ids: Sequence[str], argv: Sequence[str], *, env: dict[str, str],
                    timeout: float, on_line: Callable[[str], None] | None = None) -> dict:
     """Run ``argv`` on the host after the host checked that none of ``vol_ids`` is SHARED."""

@@ -2,12 +2,15 @@
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 from django_q.tasks import async_task
 
 from hostjobs.callbacks import forget_old_nonces
-from sealing import flow
+from hostjobs.errors import VmsealError
+from hostjobs.models import Host
+from sealing import flow, reconcile
 from templates.models import Phase, Template, TemplateStatus
 
 
@@ -28,3 +31,20 @@ def sweep() -> int:
         n += 1
     forget_old_nonces()
     return n
+
+
+def scan_hosts(host_ids: list[int] | None = None) -> dict[str, str]:
+    """Scan every host's pool (or those of ``host_ids``) and log the drift (sealing.reconcile); runs on
+    the vmseal-host-scan schedule. A host that cannot be scanned is logged and the others go on."""
+    if not settings.VMSEAL_HOST_SCAN_MINUTES and host_ids is None:
+        return {}
+    hosts = Host.objects.all() if host_ids is None else Host.objects.filter(pk__in=host_ids)
+    out = {}
+    for host in hosts:
+        try:
+            report = reconcile.scan_host(host)
+            out[host.name] = ("drift: " if report.drift else "no drift: ") + report.summary()
+        except VmsealError as e:
+            reconcile.log.warning("host %s: not scanned: %s: %s", host, e.code, e)
+            out[host.name] = f"not scanned: {e.code}: {e}"
+    return out

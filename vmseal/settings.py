@@ -15,6 +15,7 @@ Environment:
   VMSEAL_HOST_VMS_RATE   GET /api/hosts/<id>/vms/ per user (default 30/min: each opens libvirt on the host)
   VMSEAL_Q_WORKERS       qcluster workers (default 4: work is mostly waiting on hosts)
   VMSEAL_MAX_PARALLEL_SEALS  virt-sysprep runs at once per host (default 2; Host.max_parallel_seals overrides)
+  VMSEAL_HOST_SCAN_MINUTES  minutes between scans of every host's pool (default 10; read when migrating; 0: none)
 """
 
 import os
@@ -200,6 +201,9 @@ VMSEAL_STORAGE_TIMEOUT = int(os.environ.get("VMSEAL_STORAGE_TIMEOUT", "120"))  #
 VMSEAL_HOST_RETRY = int(os.environ.get("VMSEAL_HOST_RETRY", "120"))
 # virt-sysprep runs at once per host, unless the Host says otherwise (Host.max_parallel_seals)
 VMSEAL_MAX_PARALLEL_SEALS = int(os.environ.get("VMSEAL_MAX_PARALLEL_SEALS", "2"))
+# Minutes between scans of every host's pool against the database (sealing.tasks.scan_hosts): the
+# schedule the migration creates; 0 creates none (and the task then does nothing).
+VMSEAL_HOST_SCAN_MINUTES = int(os.environ.get("VMSEAL_HOST_SCAN_MINUTES", "10"))
 # Where hosts push job and libvirt events, e.g. http://10.0.0.5:8000/api/callbacks/ (a Host may override).
 # Empty: push is off and jobs complete by polling.
 VMSEAL_CALLBACK_URL = os.environ.get("VMSEAL_CALLBACK_URL", "")

@@ -6,7 +6,7 @@ from volumes.models import Volume
 class VolumeSerializer(serializers.ModelSerializer):
     class Meta:
         model = Volume
-        fields = ["id", "host", "type", "legality", "generation", "format", "size", "actual_size", "path",
+        fields = ["id", "host", "type", "legality", "generation", "format", "size", "actual_size", "path", "error",
                   "created", "updated"]
         read_only_fields = fields
 

@@ -33,6 +33,8 @@ class Volume(models.Model):
     actual_size = models.BigIntegerField(default=0, help_text="allocated bytes on the host")
     # Derived by vmseal from the host's pool and the volume id; never taken from a client.
     path = models.CharField(max_length=512, editable=False)
+    # Set by a host scan (volumes.reconcile) when the host no longer has this volume, or not intact.
+    error = models.TextField(blank=True, default="", help_text="why this volume is unusable, as a host scan found it")
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 
@@ -60,3 +62,22 @@ class Volume(models.Model):
             self.size = reported["virtual_size"]
             self.actual_size = reported.get("actual_size", 0)
         self.save()
+
+
+class UnknownVolume(models.Model):
+    """A volume a host scan found in a host's pool that no Volume row knows. Reported, never removed by
+    the scan; an admin removes it explicitly (admin action, ``volumes.reconcile.remove_unknown``)."""
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="unknown_volumes")
+    volume_id = models.UUIDField()
+    files = models.JSONField(default=list, help_text="its files in the pool, as the scan saw them")
+    meta = models.JSONField(null=True, blank=True, help_text="its metadata on the host, if readable")
+    first_seen = models.DateTimeField(auto_now_add=True)
+    last_seen = models.DateTimeField()
+
+    class Meta:
+        ordering = ["host", "first_seen"]
+        constraints = [models.UniqueConstraint(fields=["host", "volume_id"], name="uniq_unknown_volume")]
+
+    def __str__(self):
+        return f"{self.volume_id} on {self.host}"

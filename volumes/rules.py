@@ -9,7 +9,7 @@ standard library.
     legality    LEGAL, ILLEGAL                     either way; setting the current value is an error
     generation  0..999                             must equal the caller's expectation; +1 per change,
                                                    999 wraps to 0
-A SHARED volume is never modified again.
+A SHARED volume is never modified again. ``meta_problems`` checks metadata read back from a host.
 """
 
 LEAF, SHARED, INTERNAL = "LEAF", "SHARED", "INTERNAL"
@@ -77,3 +77,28 @@ def plan_update(meta: dict, *, generation: int, legality: str | None = None, typ
         new["type"] = type
     new["generation"] = next_generation(meta["generation"])
     return new
+
+
+FORMATS = ("qcow2", "raw")
+
+
+def meta_problems(meta, vol_id: str | None = None) -> list[str]:
+    """What is wrong with a volume's metadata as read from a host (empty: nothing). The host's
+    metadata is the truth, but only well-formed metadata is mirrored into the app."""
+    if not isinstance(meta, dict):
+        return ["metadata is not a JSON object"]
+    problems = []
+    if vol_id is not None and meta.get("id") != vol_id:
+        problems.append(f"id is {meta.get('id')!r}, not the file's {vol_id}")
+    if meta.get("type") not in TYPES:
+        problems.append(f"unknown type {meta.get('type')!r}")
+    if meta.get("legality") not in LEGALITIES:
+        problems.append(f"unknown legality {meta.get('legality')!r}")
+    gen = meta.get("generation")
+    if not isinstance(gen, int) or isinstance(gen, bool) or not 0 <= gen <= GENERATION_MAX:
+        problems.append(f"generation {gen!r} is not 0..{GENERATION_MAX}")
+    if meta.get("format") not in FORMATS:
+        problems.append(f"unknown format {meta.get('format')!r}")
+    if meta.get("parent") is not None and not isinstance(meta.get("parent"), str):
+        problems.append("parent is neither null nor a volume id")
+    return problems
