@@ -329,7 +329,7 @@ def test_identity_is_gone_from_both_disks_of_the_two_disk_template(run):
 
 def test_source_vm_disks_are_unchanged(run):
     assert run["before"] == run["after"]
-    assert len(run["before"]) == 6
+    assert len(run["before"]) == 7
 
 
 def test_seal_false_keeps_guest_content_identical(run):
