@@ -14,36 +14,33 @@ it stays ILLEGAL, and the sweeper retries the clean-up when the host is back).
 
 Every storage step (copy, update_volume, delete) and the seal run as host jobs (``hostjobs.runner``):
 detached on the host, their end pushed by the host or polled. The phase is saved after each step, a
-lease shows that a worker is running the flow, and host jobs are found again by (step, target), so a
-worker that dies mid-flow is replaced by the sweeper and resumes without running anything twice.
-The operation HostJob (the one the client follows) turns terminal only when the flow, rollback
-included, has ended.
+lease shows that a worker is running the flow (``sealing.lease``), and host jobs are found again by
+(step, target), so a worker that dies mid-flow is replaced by the sweeper and resumes without running
+anything twice. The operation HostJob (the one the client follows) turns terminal only when the flow,
+rollback included, has ended.
+
+This module reads top to bottom: run, the steps, then rollback and delete.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-import uuid
-from datetime import timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, connections
 from django.db.models import Q
-from django.utils import timezone
 
 from hostjobs import hostops, runner, virt
 from hostjobs.errors import DomainNotStopped, HostError, HostUnreachable, InvalidTransition, VmsealError
 from hostjobs.models import HostJob, JobAction, JobStatus
 from sealing import sysprep
+from sealing.lease import Lease, LeaseKeeper, LeaseLost
 from templates.models import Phase, Template, TemplateDisk, TemplateStatus
 from volumes import rules
 from volumes.models import Legality, Volume
 
 log = logging.getLogger("vmseal.flow")
 
-LEASE = timedelta(seconds=20)
 PROGRESS = {Phase.CREATE_TEMPLATE: 0, Phase.COPY_DISKS: 5, Phase.ASSIGN_ILLEGAL: 20, Phase.SEAL: 25,
             Phase.ASSIGN_LEGAL_SHARED: 95, Phase.DONE: 100}
 ABORTABLE = (Phase.CREATE_TEMPLATE, Phase.COPY_DISKS, Phase.ASSIGN_ILLEGAL, Phase.SEAL)
@@ -66,80 +63,6 @@ def next_phase(phase: str, seal: bool) -> str:
     order += [Phase.ASSIGN_ILLEGAL, Phase.SEAL] if seal else []
     order += [Phase.ASSIGN_LEGAL_SHARED, Phase.DONE]
     return order[order.index(phase) + 1]
-
-
-# -- lease ---------------------------------------------------------------------------------------------
-class LeaseLost(Exception):
-    """Another worker holds this flow's lease now (this one lost the database past the lease and the
-    sweeper gave the flow to another worker): stop at once and touch nothing of the flow."""
-
-
-class Lease:
-    """A worker's hold on a flow: an expiry renewed while the worker runs it, and an owner token, so a
-    worker that was cut off past its expiry cannot renew, release or go on with a flow another worker
-    has taken over. Its heartbeat raises LeaseLost then."""
-
-    def __init__(self, template_id: int, token: str):
-        self.template_id, self.token = template_id, token
-        self.lost = threading.Event()
-
-    @classmethod
-    def acquire(cls, template_id: int) -> Lease | None:
-        """The flow's lease, if no live worker holds it (none, or expired)."""
-        now, token = timezone.now(), uuid.uuid4().hex
-        taken = (Template.objects.filter(pk=template_id)
-                 .filter(Q(lease_expires__isnull=True) | Q(lease_expires__lt=now))
-                 .update(lease_expires=now + LEASE, lease_owner=token))
-        return cls(template_id, token) if taken else None
-
-    def renew(self) -> bool:
-        """Extend the lease; False (and ``lost`` set) when another worker has taken it over."""
-        if self.lost.is_set():
-            return False
-        if Template.objects.filter(pk=self.template_id, lease_owner=self.token).update(
-                lease_expires=timezone.now() + LEASE):
-            return True
-        if Template.objects.filter(pk=self.template_id).exists():  # a removed template ends the flow anyway
-            self.lost.set()
-        return False
-
-    def heartbeat(self) -> None:
-        """Renew, or raise LeaseLost if the flow belongs to another worker now."""
-        if not self.renew() and self.lost.is_set():
-            raise LeaseLost(f"template {self.template_id}: another worker took this flow over")
-
-    def release(self) -> None:
-        Template.objects.filter(pk=self.template_id, lease_owner=self.token).update(lease_expires=None,
-                                                                                    lease_owner="")
-
-
-class LeaseKeeper(threading.Thread):
-    """Renews a flow's lease every LEASE/4 while its worker runs the flow, including while the worker
-    is blocked in a host command (an SSH command to a host whose link is down takes up to its
-    timeout, longer than the lease). Without it the sweeper would take the flow for orphaned and start
-    a second worker on it. The thread dies with its process: a killed worker's lease still expires.
-    It stops once the lease is lost; the worker's next heartbeat then raises LeaseLost."""
-
-    def __init__(self, lease: Lease, every: float = LEASE.total_seconds() / 4):
-        super().__init__(name=f"vmseal-lease-{lease.template_id}", daemon=True)
-        self.lease, self.every = lease, every
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self._halt.wait(self.every):
-                try:
-                    if not self.lease.renew() and self.lease.lost.is_set():
-                        log.warning("template %s: lease taken over by another worker", self.lease.template_id)
-                        return
-                except DatabaseError as e:  # the database away for a moment: the next round retries
-                    log.warning("template %s: lease not renewed: %s", self.lease.template_id, e)
-        finally:
-            connections.close_all()  # this thread's own connections
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
 
 
 class Context:
