@@ -1,10 +1,9 @@
 """django-q2 entry points. Keep them thin: the flow lives in sealing.flow, the lease and the query
-for orphaned flows in sealing.lease."""
+for orphaned flows in sealing.lease. (Old callback nonces are hostjobs' own task.)"""
 
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from hostjobs.callbacks import forget_old_nonces
 from sealing import flow, lease
 
 
@@ -20,5 +19,4 @@ def sweep() -> int:
     for pk in lease.orphaned().values_list("pk", flat=True):
         async_task("sealing.tasks.run_template_flow", pk, task_name=f"template-{pk}-resume-{now.timestamp():.0f}")
         n += 1
-    forget_old_nonces()
     return n
