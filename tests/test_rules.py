@@ -1,5 +1,5 @@
-"""Pure logic: volume rules, job transitions, the virt-sysprep command, phases, parsing. (The flow's
-lease: test_lease.py.)"""
+"""Pure logic: volume rules, the host seal slot, the virt-sysprep command, phases, parsing. (Job
+transitions: test_hostjob_transitions.py; the flow's lease: test_lease.py.)"""
 
 import os
 import shutil
@@ -185,69 +185,11 @@ def test_a_host_slot_is_reserved_only_below_the_limit_and_freed_by_the_job_endin
     assert waits == [1], "told once that the one slot is busy"
     assert HostJob.objects.filter(action=JobAction.SEAL).count() == 1, "nothing reserved beyond the limit"
     first.start()
-    first.finish()
+    first.end("done")
     second = reserve(ops[1])
     assert second.parent_id == ops[1].pk
     host.max_parallel_seals = 3
     assert host.seal_limit == 3, "the host's own limit wins over the setting"
-
-
-@pytest.mark.django_db
-def test_job_transitions_are_guarded():
-    from hostjobs.errors import InvalidTransition
-    from hostjobs.models import Host, HostJob, JobAction
-
-    host = Host.objects.create(name="h", address="10.211.0.99", host_key="ssh-ed25519 AAAA")
-    job = HostJob.create(host, JobAction.SEAL)
-    assert job.kind == "virt"
-    assert job.status == "pending"
-    with pytest.raises(InvalidTransition):
-        job.finish()  # pending -> done is not a transition
-    with pytest.raises(InvalidTransition):
-        job.delete()  # a non-terminal job cannot be deleted
-    job.start()
-    stale = HostJob.objects.get(pk=job.pk)
-    job.finish()
-    assert (job.status, job.progress) == ("done", 100)
-    assert job.completed is not None
-    with pytest.raises(InvalidTransition):
-        stale.fail("late")  # another worker's stale copy cannot move a terminal job
-    with pytest.raises(InvalidTransition):
-        job.request_abort()  # aborting a terminal job is an error
-    assert HostJob.objects.get(pk=job.pk).status == "done"
-    job.delete()
-    aborted = HostJob.create(host, JobAction.COPY)
-    aborted.request_abort()
-    assert aborted.status == "aborted"
-    assert aborted.kind == "storage"
-
-
-@pytest.mark.django_db
-def test_a_result_and_the_deadline_arriving_together_end_the_job_once():
-    from hostjobs import runner
-    from hostjobs.models import Host, HostJob, JobAction
-
-    host = Host.objects.create(name="h", address="10.211.0.99", host_key="ssh-ed25519 AAAA")
-    job = HostJob.create(host, JobAction.SEAL)
-    job.start()
-    waiter = HostJob.objects.get(pk=job.pk)  # the worker's copy, about to give up at the deadline
-    runner.apply_state(job, {"status": "done", "result": {"exit_code": 0}})  # the host's push wins the race
-    assert waiter.fail_unless_ended("no result by the deadline", "deadline") is False
-    assert waiter.status == "done"
-    row = HostJob.objects.get(pk=job.pk)
-    assert (row.status, row.error, row.result) == ("done", "", {"exit_code": 0})
-    runner.apply_state(waiter, {"status": "failed", "exit_code": 1, "error": "late"})  # a late poll: ignored
-    assert HostJob.objects.get(pk=job.pk).status == "done"
-    other = HostJob.create(host, JobAction.COPY)
-    other.start()
-    assert other.fail_unless_ended("no result by the deadline", "deadline") is True
-    assert (HostJob.objects.get(pk=other.pk).status, other.error_code) == ("failed", "deadline")
-    aborting = HostJob.create(host, JobAction.SEAL)
-    aborting.start()
-    stale = HostJob.objects.get(pk=aborting.pk)
-    aborting.request_abort()  # running -> aborting, which the stale copy missed
-    assert stale.fail_unless_ended("no result by the deadline", "deadline") is True
-    assert HostJob.objects.get(pk=aborting.pk).status == "failed"
 
 
 def test_seal_options_become_single_argv_elements():
