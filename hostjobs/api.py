@@ -151,8 +151,9 @@ class HostJobViewSet(viewsets.ReadOnlyModelViewSet):
 
     @action(detail=True, methods=["post"], permission_classes=[CanCancelJobs])
     def cancel(self, request, pk=None):
-        """Cancel a job: ``aborting`` until its worker has stopped the host work and rolled back,
-        then ``aborted``. 409 when the job already ended, or is a delete (it runs to its end)."""
+        """Cancel a job (``HostJob.cancel``): ``aborting`` until its worker has stopped the host work and
+        rolled back, then ``aborted``; a job not started yet is ``aborted`` at once. 409 when the job
+        already ended or is being cancelled, or is a delete (it runs to its end)."""
         job = self.get_object()
         try:
             job.cancel(f"cancelled by {request.user.get_username()}")

@@ -4,7 +4,8 @@ hooks on daemon and domain events).
 Each is signed with the host's secret: ``X-Vmseal-Signature = HMAC-SHA256(secret, "<ts>.<nonce>." + body)``
 with ``X-Vmseal-Timestamp`` (unix seconds, at most MAX_SKEW old or ahead) and a one-time
 ``X-Vmseal-Nonce``. Unsigned, wrongly signed, stale, replayed, or about another host's job: refused,
-and nothing changes. Accepted notifications are idempotent.
+and nothing changes. Accepted notifications are idempotent. Accepted nonces are kept until their
+timestamps are refused anyway (``hostjobs.tasks.forget_old_nonces``, on its own schedule).
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ import logging
 import re
 import secrets
 import time
-from datetime import timedelta
 
 import django.dispatch
 from django.db import IntegrityError, transaction
 from django.http import JsonResponse
-from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
@@ -101,8 +100,3 @@ def callback(request):
         host_event.send(sender=Host, host=host, event=payload)
         return JsonResponse({"ok": True})
     return _refuse(400, "unknown kind")
-
-
-def forget_old_nonces() -> int:
-    """Nonces older than the accepted skew can be dropped: their timestamps are refused anyway."""
-    return CallbackNonce.objects.filter(received__lt=timezone.now() - timedelta(seconds=2 * MAX_SKEW)).delete()[0]

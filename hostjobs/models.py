@@ -7,9 +7,14 @@ rollback included, has ended. Status changes go through guarded transitions (vds
 
     pending -> running -> done | failed;  pending -> aborted;  running -> aborting -> aborted
     pending -> failed: a job its host never accepted (unreachable, refused) - so none stays pending
+
+Three methods move a job: ``start()``; ``cancel(reason)``, which branches on the status as vdsm's
+``Job.abort()`` does (pending: aborted at once; running: aborting until its worker has stopped it;
+ended, aborting, or a delete: refused); and ``end(status, error, code)``, netbox's ``terminate()``,
+which writes the status and its error in one conditional UPDATE: the first end wins, a later one is
+refused and writes nothing. ``abort_requested()`` tells a worker that a cancel has reached its job.
 """
 
-import contextlib
 import secrets
 import uuid
 
@@ -240,64 +245,64 @@ class HostJob(models.Model):
         for k, v in fields.items():
             setattr(self, k, v)
 
-    def ended_meanwhile(self) -> bool:
-        """After a refused transition: True when the job has ended meanwhile (a host's push, a poll or
-        another worker ended it first; nothing to do), False when the refusal stands."""
-        self.refresh_from_db(fields=["status", "error", "error_code", "result"])
-        return self.is_terminal
-
     def start(self) -> None:
         self._transition(JobStatus.RUNNING, started=timezone.now())
 
-    def finish(self) -> None:
-        self._transition(JobStatus.DONE, progress=100, completed=timezone.now())
-
-    def fail(self, error: str, code: str = "error") -> None:
-        self._transition(JobStatus.FAILED, error=error[:4000], error_code=code, completed=timezone.now())
-
-    @contextlib.contextmanager
-    def unless_ended(self):
-        """Around a transition that may race the job's end (a push, a poll, another worker's write):
-        a refusal because the job has ended meanwhile is no error; any other refusal stands."""
-        try:
-            yield
-        except InvalidTransition:
-            if not self.ended_meanwhile():
-                raise
-
-    def fail_unless_ended(self, error: str, code: str = "error") -> bool:
-        """Fail the job unless it has ended by the time the write happens (its deadline and its result
-        can arrive together). True when this call failed it."""
-        if self.ended_meanwhile():  # also takes a change this copy missed (e.g. running -> aborting)
-            return False
-        with self.unless_ended():
-            self.fail(error, code)
-            return True
+    def end(self, status: str, error: str = "", code: str = "") -> bool:
+        """Move the job to done, failed or aborted (netbox's ``terminate()``): the status, ``error``,
+        ``code`` and the completion time in one conditional UPDATE on the status this copy holds.
+        The first end wins: False, and nothing written, when the job has ended already (a push, a poll
+        or another worker ended it; the copy is read again). A job that moved meanwhile to another
+        live status (running -> aborting: a cancel came in) raises InvalidTransition, as does a move
+        the transitions table forbids (pending -> done); the caller decides again on the new status."""
+        if status not in TERMINAL:
+            raise ValueError(f"{status} is not an end")
+        fields = {"error": error[:4000], "error_code": code, "completed": timezone.now()}
+        if status == JobStatus.DONE:
+            fields["progress"] = 100
+        if not self.is_terminal:
+            try:
+                self._transition(status, **fields)
+                return True
+            except InvalidTransition:
+                self.refresh_from_db(fields=["status"])  # refused: unless it has ended, the refusal stands
+                if not self.is_terminal:
+                    raise
+        self.refresh_from_db(fields=["status", "progress", "error", "error_code", "result", "completed"])
         return False
 
-    def request_abort(self) -> None:
-        if self.status == JobStatus.PENDING:
-            self._transition(JobStatus.ABORTED, completed=timezone.now(), error="aborted before start")
-        else:
-            self._transition(JobStatus.ABORTING)
-
     def cancel(self, reason: str = "cancelled on request") -> None:
-        """Ask for this job to stop. Whoever runs it (a flow's worker) aborts its host work, rolls back
-        and records ``aborted``. Cancelling a terminal or already aborting job is an error, and so is
-        cancelling a delete (NotCancellable): it ends by itself, and stopped half way it would leave a
-        template with some of its volumes gone."""
-        if self.is_terminal or self.status == JobStatus.ABORTING:
-            raise InvalidTransition(f"job {self.pk} is {self.status}: it cannot be cancelled")
-        if self.action in UNCANCELLABLE:
-            raise NotCancellable(f"job {self.pk} ({self.get_action_display().lower()}) cannot be cancelled: a delete "
-                                 "runs to its end (stopped half way it would leave some volumes deleted and "
-                                 "others not); it ends by itself")
-        HostJob.objects.filter(pk=self.pk).update(error=reason[:4000])
-        self.error = reason
-        self.request_abort()
+        """Ask the job to stop (vdsm's ``Job.abort()``), by its status: pending -> aborted at once (it
+        never reached its host); running -> aborting, then whoever runs it (the flow's worker for an
+        operation, ``runner.wait`` for a host job) stops the host work, rolls back and ends it aborted.
+        ``reason`` becomes the job's error in the same conditional UPDATE, so a job that ended
+        meanwhile keeps its own. A job that has ended or is aborting already: InvalidTransition; a
+        delete: NotCancellable (it ends by itself; stopped half way it would leave a template with
+        some of its volumes gone). A job that moved meanwhile is decided again on its new status."""
+        while True:
+            if self.is_terminal or self.status == JobStatus.ABORTING:
+                raise InvalidTransition(f"job {self.pk} is {self.status}: it cannot be cancelled")
+            if self.action in UNCANCELLABLE:
+                raise NotCancellable(f"job {self.pk} ({self.get_action_display().lower()}) cannot be cancelled: a "
+                                     "delete runs to its end (stopped half way it would leave some volumes deleted "
+                                     "and others not); it ends by itself")
+            seen = self.status
+            try:
+                if seen == JobStatus.PENDING:
+                    self._transition(JobStatus.ABORTED, error=reason[:4000], error_code="aborted",
+                                     completed=timezone.now())
+                else:
+                    self._transition(JobStatus.ABORTING, error=reason[:4000])
+                return
+            except InvalidTransition:
+                if self.status == seen:  # refused from this status, not moved meanwhile
+                    raise
 
-    def mark_aborted(self, error: str = "aborted") -> None:
-        self._transition(JobStatus.ABORTED, error=error[:4000], error_code="aborted", completed=timezone.now())
+    def abort_requested(self) -> bool:
+        """Whether a cancel has reached the job (aborting or aborted), read from its row, with the
+        cancel's reason (``error``)."""
+        self.refresh_from_db(fields=["status", "error"])
+        return self.status in (JobStatus.ABORTING, JobStatus.ABORTED)
 
     def set_progress(self, progress: int, log: str | None = None) -> None:
         fields = {"progress": max(0, min(100, int(progress)))}

@@ -22,7 +22,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from hostjobs import hostops
-from hostjobs.errors import HostCommandFailed, HostError, HostUnreachable, VolumeRefused
+from hostjobs.errors import HostCommandFailed, HostError, HostUnreachable, InvalidTransition, VolumeRefused
 from hostjobs.models import LOG_LIMIT, Host, HostJob, JobStatus
 
 log = logging.getLogger("vmseal.runner")
@@ -126,20 +126,21 @@ def apply_state(job: HostJob, state: dict, progress_of: Callable[[str], int | No
     job.refresh_from_db(fields=["status"])
     if job.is_terminal:
         return
-    with job.unless_ended():  # a push and a poll may bring the same end at once: the first to write it wins
-        if status == "done":
-            HostJob.objects.filter(pk=job.pk).update(result=state.get("result"))
-            job.result = state.get("result")
-            if job.status == JobStatus.RUNNING:
-                job.finish()
-        elif status == "aborted" or job.status == JobStatus.ABORTING:
-            job.mark_aborted(state.get("error") or "aborted")
-        else:
-            result = state.get("result") or {}
-            job.result = result
-            HostJob.objects.filter(pk=job.pk).update(result=result)
-            job.fail(state.get("error") or f"exit status {state.get('exit_code')}",
-                     "volume_refused" if state.get("exit_code") == 3 else "job_failed")
+    # A push and a poll may bring the same end at once: the first to write it wins (end() is False for
+    # the second). Once a cancel reached the job (aborting), its end on the host is its abort.
+    if status == "done":
+        HostJob.objects.filter(pk=job.pk).update(result=state.get("result"))
+        job.result = state.get("result")
+        if job.status == JobStatus.RUNNING:
+            job.end(JobStatus.DONE)
+    elif status == "aborted" or job.status == JobStatus.ABORTING:
+        job.end(JobStatus.ABORTED, state.get("error") or "aborted", "aborted")
+    else:
+        result = state.get("result") or {}
+        job.result = result
+        HostJob.objects.filter(pk=job.pk).update(result=result)
+        job.end(JobStatus.FAILED, state.get("error") or f"exit status {state.get('exit_code')}",
+                "volume_refused" if state.get("exit_code") == 3 else "job_failed")
 
 
 def wait(job: HostJob, *, progress_of=None, heartbeat: Callable[[], None] | None = None,
@@ -173,7 +174,10 @@ def wait(job: HostJob, *, progress_of=None, heartbeat: Callable[[], None] | None
                 poll(job, progress_of)  # one last look before giving up
             except HostError:
                 pass
-            job.fail_unless_ended(f"no result from host {job.host} by the job's deadline", "deadline")
+            try:
+                job.end(JobStatus.FAILED, f"no result from host {job.host} by the job's deadline", "deadline")
+            except InvalidTransition:  # moved meanwhile (a cancel): look again
+                continue
             return job
         if now >= next_poll:
             try:
@@ -187,7 +191,10 @@ def wait(job: HostJob, *, progress_of=None, heartbeat: Callable[[], None] | None
                         pass
                     continue
                 if e.detail == "no_such_job":  # the host answers, and does not know this job: it is lost
-                    job.fail_unless_ended(f"host {job.host} does not know this job", "unknown_job")
+                    try:
+                        job.end(JobStatus.FAILED, f"host {job.host} does not know this job", "unknown_job")
+                    except InvalidTransition:  # moved meanwhile (a cancel): look again
+                        continue
                     return job
                 raise
             except HostError as e:
@@ -198,10 +205,15 @@ def wait(job: HostJob, *, progress_of=None, heartbeat: Callable[[], None] | None
         time.sleep(WATCH)
 
 
-def abort(job: HostJob) -> None:
-    if job.status == JobStatus.RUNNING:
-        with job.unless_ended():
-            job.request_abort()
+def abort(job: HostJob, reason: str = "aborted on request") -> None:
+    """Stop a job's work on its host: cancel the job (``HostJob.cancel``: pending -> aborted, running
+    -> aborting), tell the host's runner, and take its answer. A job the cancel refuses (ended, already
+    aborting, a delete) keeps its status, and its host is told all the same: a job failed by its
+    deadline may still run there."""
+    try:
+        job.cancel(reason)
+    except InvalidTransition:
+        pass
     try:
         state = hostops.helper(job.host, ["job-abort", "--id", str(job.id)], timeout=30)
     except VolumeRefused:  # already terminal on the host
@@ -234,7 +246,7 @@ def run(host, action, args: list[str], *, parent: HostJob, step: str, target: st
             except HostUnreachable:
                 pass  # unknown whether it started: the wait re-sends the start until the job's deadline
             except HostError as e:
-                job.fail_unless_ended(f"could not start on host {host}: {e}", e.code)
+                job.end(JobStatus.FAILED, f"could not start on host {host}: {e}", e.code)
                 raise
         wait(job, progress_of=progress_of, heartbeat=heartbeat, should_abort=should_abort,
              restart=lambda: start(job, args, files))

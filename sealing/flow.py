@@ -14,36 +14,37 @@ it stays ILLEGAL, and the sweeper retries the clean-up when the host is back).
 
 Every storage step (copy, update_volume, delete) and the seal run as host jobs (``hostjobs.runner``):
 detached on the host, their end pushed by the host or polled. The phase is saved after each step, a
-lease shows that a worker is running the flow, and host jobs are found again by (step, target), so a
-worker that dies mid-flow is replaced by the sweeper and resumes without running anything twice.
-The operation HostJob (the one the client follows) turns terminal only when the flow, rollback
-included, has ended.
+lease shows that a worker is running the flow (``sealing.lease``), and host jobs are found again by
+(step, target), so a worker that dies mid-flow is replaced by the sweeper and resumes without running
+anything twice. The operation HostJob (the one the client follows) turns terminal only when the flow,
+rollback included, has ended: ``HostJob.end`` done, failed, or aborted once a cancel reached it
+(``HostJob.cancel``: the API, the admin, or a source VM that starts, ``sealing.signals``). A step
+checks for a cancel between host calls and a waiting host job aborts its host work; either raises
+Cancelled, and the flow rolls back.
+
+This module reads top to bottom: run, the steps, then rollback and delete.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-import uuid
-from datetime import timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, connections
 from django.db.models import Q
-from django.utils import timezone
 
 from hostjobs import hostops, runner, virt
 from hostjobs.errors import DomainNotStopped, HostError, HostUnreachable, InvalidTransition, VmsealError
 from hostjobs.models import HostJob, JobAction, JobStatus
 from sealing import sysprep
+from sealing.lease import Lease, LeaseKeeper, LeaseLost
 from templates.models import Phase, Template, TemplateDisk, TemplateStatus
 from volumes import rules
 from volumes.models import Legality, Volume
 
 log = logging.getLogger("vmseal.flow")
 
-LEASE = timedelta(seconds=20)
+CANCELLED = "cancelled on request"  # the reason of a cancel that gave none
 PROGRESS = {Phase.CREATE_TEMPLATE: 0, Phase.COPY_DISKS: 5, Phase.ASSIGN_ILLEGAL: 20, Phase.SEAL: 25,
             Phase.ASSIGN_LEGAL_SHARED: 95, Phase.DONE: 100}
 ABORTABLE = (Phase.CREATE_TEMPLATE, Phase.COPY_DISKS, Phase.ASSIGN_ILLEGAL, Phase.SEAL)
@@ -68,80 +69,6 @@ def next_phase(phase: str, seal: bool) -> str:
     return order[order.index(phase) + 1]
 
 
-# -- lease ---------------------------------------------------------------------------------------------
-class LeaseLost(Exception):
-    """Another worker holds this flow's lease now (this one lost the database past the lease and the
-    sweeper gave the flow to another worker): stop at once and touch nothing of the flow."""
-
-
-class Lease:
-    """A worker's hold on a flow: an expiry renewed while the worker runs it, and an owner token, so a
-    worker that was cut off past its expiry cannot renew, release or go on with a flow another worker
-    has taken over. Its heartbeat raises LeaseLost then."""
-
-    def __init__(self, template_id: int, token: str):
-        self.template_id, self.token = template_id, token
-        self.lost = threading.Event()
-
-    @classmethod
-    def acquire(cls, template_id: int) -> Lease | None:
-        """The flow's lease, if no live worker holds it (none, or expired)."""
-        now, token = timezone.now(), uuid.uuid4().hex
-        taken = (Template.objects.filter(pk=template_id)
-                 .filter(Q(lease_expires__isnull=True) | Q(lease_expires__lt=now))
-                 .update(lease_expires=now + LEASE, lease_owner=token))
-        return cls(template_id, token) if taken else None
-
-    def renew(self) -> bool:
-        """Extend the lease; False (and ``lost`` set) when another worker has taken it over."""
-        if self.lost.is_set():
-            return False
-        if Template.objects.filter(pk=self.template_id, lease_owner=self.token).update(
-                lease_expires=timezone.now() + LEASE):
-            return True
-        if Template.objects.filter(pk=self.template_id).exists():  # a removed template ends the flow anyway
-            self.lost.set()
-        return False
-
-    def heartbeat(self) -> None:
-        """Renew, or raise LeaseLost if the flow belongs to another worker now."""
-        if not self.renew() and self.lost.is_set():
-            raise LeaseLost(f"template {self.template_id}: another worker took this flow over")
-
-    def release(self) -> None:
-        Template.objects.filter(pk=self.template_id, lease_owner=self.token).update(lease_expires=None,
-                                                                                    lease_owner="")
-
-
-class LeaseKeeper(threading.Thread):
-    """Renews a flow's lease every LEASE/4 while its worker runs the flow, including while the worker
-    is blocked in a host command (an SSH command to a host whose link is down takes up to its
-    timeout, longer than the lease). Without it the sweeper would take the flow for orphaned and start
-    a second worker on it. The thread dies with its process: a killed worker's lease still expires.
-    It stops once the lease is lost; the worker's next heartbeat then raises LeaseLost."""
-
-    def __init__(self, lease: Lease, every: float = LEASE.total_seconds() / 4):
-        super().__init__(name=f"vmseal-lease-{lease.template_id}", daemon=True)
-        self.lease, self.every = lease, every
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self._halt.wait(self.every):
-                try:
-                    if not self.lease.renew() and self.lease.lost.is_set():
-                        log.warning("template %s: lease taken over by another worker", self.lease.template_id)
-                        return
-                except DatabaseError as e:  # the database away for a moment: the next round retries
-                    log.warning("template %s: lease not renewed: %s", self.lease.template_id, e)
-        finally:
-            connections.close_all()  # this thread's own connections
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
-
-
 class Context:
     """What a step needs besides the template: its operation job, the lease heartbeat and the abort check."""
 
@@ -151,8 +78,10 @@ class Context:
     def heartbeat(self) -> None:
         self.lease.heartbeat()
 
-    def abort_requested(self) -> bool:
-        return HostJob.objects.filter(pk=self.op.pk, status__in=[JobStatus.ABORTING, JobStatus.ABORTED]).exists()
+    def check_abort(self) -> None:
+        """Raise Cancelled, with the cancel's reason, once a cancel has reached the operation."""
+        if self.op.abort_requested():
+            raise Cancelled(self.op.error or CANCELLED)
 
     def host_call(self, fn, *args):
         """A direct call to the host (libvirt over SSH): an unreachable host is retried with backoff
@@ -171,26 +100,19 @@ class Context:
                                        f"{settings.VMSEAL_HOST_RETRY}s\n")
                     told = True
             self.heartbeat()
-            if self.abort_requested():
-                raise Cancelled(_abort_reason(self.op))
+            self.check_abort()
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
 
     def host_job(self, action, step, target, description, args, *, timeout, progress_of=None,
                  files=None) -> HostJob:
-        if self.abort_requested():
-            raise Cancelled("cancelled on request")
+        self.check_abort()
         try:
             return runner.run(self.t.host, action, args, parent=self.op, step=step, target=target,
                               description=description, timeout=timeout, progress_of=progress_of,
-                              heartbeat=self.heartbeat, should_abort=self.abort_requested, files=files)
-        except runner.JobAborted:
-            raise Cancelled(_abort_reason(self.op)) from None
-
-
-def _abort_reason(op: HostJob) -> str:
-    op.refresh_from_db(fields=["error"])
-    return op.error or "cancelled on request"
+                              heartbeat=self.heartbeat, should_abort=self.op.abort_requested, files=files)
+        except runner.JobAborted:  # the op's abort_requested() that stopped the job has read the reason
+            raise Cancelled(self.op.error or CANCELLED) from None
 
 
 # -- the flow ----------------------------------------------------------------------------------------------
@@ -223,7 +145,7 @@ def _run(template_id: int, lease: Lease) -> None:
     if op.status == JobStatus.PENDING:
         op.start()
     if t.phase == Phase.ROLLBACK or op.status in (JobStatus.ABORTED, JobStatus.ABORTING):
-        rollback(t, op, t.error or _abort_reason(op), "aborted", lease)
+        rollback(t, op, t.error or op.error or CANCELLED, "aborted", lease)
         return
     ctx = Context(t, op, lease)
     phase = t.phase
@@ -232,14 +154,13 @@ def _run(template_id: int, lease: Lease) -> None:
             phase = t.phase
             started = time.monotonic()
             STEPS[phase](ctx)
-            if ctx.abort_requested():
-                raise Cancelled(_abort_reason(op))
+            ctx.check_abort()
             lease.heartbeat()  # a phase is only recorded by the flow's owner
             t.phase = next_phase(phase, t.seal)
             t.save(update_fields=["phase", "status", "sealed", "updated"])
             op.append_log(f"{phase} done in {time.monotonic() - started:.1f}s\n")
             op.set_progress(PROGRESS[t.phase])
-        op.finish()
+        op.end(JobStatus.DONE)
     except LeaseLost:
         raise
     except Exception as e:  # every failure fails the whole operation
@@ -326,11 +247,11 @@ def seal(ctx: Context) -> None:
     try:  # a slot first: at most host.seal_limit seals run at once on a host; the others wait here
         runner.reserve(t.host, JobAction.SEAL, limit=t.host.seal_limit, parent=ctx.op, step=Phase.SEAL,
                        target=f"template:{t.pk}", description=description, timeout=timeout,
-                       heartbeat=ctx.heartbeat, should_abort=ctx.abort_requested,
+                       heartbeat=ctx.heartbeat, should_abort=ctx.op.abort_requested,
                        on_wait=lambda busy: ctx.op.append_log(
                            f"waiting for a seal slot on host {t.host} ({busy} of {t.host.seal_limit} busy)\n"))
-    except runner.JobAborted:
-        raise Cancelled(_abort_reason(ctx.op)) from None
+    except runner.JobAborted:  # abort_requested() has read the reason
+        raise Cancelled(ctx.op.error or CANCELLED) from None
     try:
         job = ctx.host_job(JobAction.SEAL, Phase.SEAL, f"template:{t.pk}", description,
                            [*args, "--", *command.argv], timeout=timeout,
@@ -408,10 +329,10 @@ def rollback(t: Template, op: HostJob, message: str, code: str, lease: Lease) ->
     for job in op.children.filter(Q(error_code__in=["deadline"]) | Q(status__in=[JobStatus.PENDING, JobStatus.RUNNING,
                                                                                  JobStatus.ABORTING])):
         try:
-            runner.abort(job)
+            runner.abort(job, "abandoned by the rollback")
         except HostError:
             pass
-        job.fail_unless_ended("abandoned by the rollback", "rollback")
+        job.end(JobStatus.FAILED, "abandoned by the rollback", "rollback")
     leftovers = delete_volumes(t, op, Phase.ROLLBACK, "rollback: delete", lease)
     if leftovers:
         t.phase = Phase.FAILED
@@ -432,9 +353,9 @@ def _end_operation(op: HostJob, message: str, code: str) -> None:
         op.refresh_from_db(fields=["status"])
         try:
             if op.status == JobStatus.ABORTING:
-                op.mark_aborted(message)
+                op.end(JobStatus.ABORTED, message, "aborted")
             elif op.status == JobStatus.RUNNING:
-                op.fail(message, code)
+                op.end(JobStatus.FAILED, message, code)
             return
         except InvalidTransition:
             continue
@@ -477,21 +398,10 @@ def delete(t: Template, op: HostJob, lease: Lease) -> None:
     if leftovers:
         t.status, t.error = TemplateStatus.FAILED, f"delete incomplete: {'; '.join(leftovers)}"
         t.save(update_fields=["status", "error", "updated"])
-        op.fail(t.error, "delete_incomplete")
+        op.end(JobStatus.FAILED, t.error, "delete_incomplete")
     else:
         t.delete()
-        op.finish()
-
-
-def request_abort(op: HostJob, reason: str) -> bool:
-    """Abort an operation because its source VM started (the cancel API calls HostJob.cancel directly).
-    The flow's worker aborts the current host job and rolls back. False when it already ended."""
-    op.refresh_from_db()
-    try:
-        op.cancel(reason)
-    except InvalidTransition:
-        return False
-    return True
+        op.end(JobStatus.DONE)
 
 
 def _volumes(t: Template) -> list[Volume]:

@@ -4,6 +4,7 @@ import logging
 
 from django_q.tasks import async_task
 
+from hostjobs.errors import InvalidTransition
 from sealing import flow
 from templates.models import Template, TemplateStatus
 
@@ -17,9 +18,13 @@ def on_host_event(sender, host, event, **kwargs):
         return
     for t in Template.objects.filter(host=host, vm_name=event.get("domain"), status=TemplateStatus.LOCKED,
                                      phase__in=flow.ABORTABLE).select_related("job"):
-        if t.job and flow.request_abort(t.job, f"source VM {t.vm_name!r} started on {host.name} "
-                                               f"({event.get('op')}) during {t.phase}"):
-            log.warning("template %s: source VM started; aborting", t.pk)
+        if t.job is None:
+            continue
+        try:  # the flow's worker aborts the current host job and rolls back
+            t.job.cancel(f"source VM {t.vm_name!r} started on {host.name} ({event.get('op')}) during {t.phase}")
+        except InvalidTransition:  # it has ended, or is being cancelled already
+            continue
+        log.warning("template %s: source VM started; aborting", t.pk)
 
 
 def on_worker_spawn(sender, proc_name=None, **kwargs):

@@ -1,17 +1,13 @@
-"""django-q2 entry points. Keep them thin: the flow lives in sealing.flow."""
-
-from datetime import timedelta
+"""django-q2 entry points. Keep them thin: the flow lives in sealing.flow, the lease and the query
+for orphaned flows in sealing.lease. (Old callback nonces are hostjobs' own task.)"""
 
 from django.conf import settings
-from django.db.models import Q
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from hostjobs.callbacks import forget_old_nonces
 from hostjobs.errors import VmsealError
 from hostjobs.models import Host
-from sealing import flow, reconcile
-from templates.models import Phase, Template, TemplateStatus
+from sealing import flow, lease, reconcile
 
 
 def run_template_flow(template_id: int) -> None:
@@ -22,14 +18,10 @@ def sweep() -> int:
     """Resume flows whose worker died (unfinished template, lease expired) and retry clean-ups that
     could not finish (a host was unreachable). Runs on a schedule and when a worker starts."""
     now = timezone.now()
-    stale = (Template.objects.filter(Q(status=TemplateStatus.LOCKED) | Q(phase__in=[Phase.ROLLBACK, Phase.FAILED]))
-             .filter(Q(lease_expires__isnull=True) | Q(lease_expires__lt=now))
-             .filter(updated__lt=now - timedelta(seconds=10)))
     n = 0
-    for pk in stale.values_list("pk", flat=True):
+    for pk in lease.orphaned().values_list("pk", flat=True):
         async_task("sealing.tasks.run_template_flow", pk, task_name=f"template-{pk}-resume-{now.timestamp():.0f}")
         n += 1
-    forget_old_nonces()
     return n
 
 

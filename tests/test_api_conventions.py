@@ -21,7 +21,7 @@ def data(db):
         host = h1 if i % 2 else h2
         op = HostJob.create(host, JobAction.CREATE_TEMPLATE, target=f"template:{i}")
         op.start()
-        op.finish()
+        op.end("done")
         t = Template.objects.create(name=f"web-{i}", host=host, vm_name=f"vm{i}", seal=i % 3 == 0,
                                     sealed=i % 3 == 0, status="ok" if i < 5 else "locked", job=op)
         v = Volume.objects.create(host=host, type="SHARED", legality="LEGAL", generation=2, size=1 << 26)
@@ -29,7 +29,7 @@ def data(db):
                                     volume=v)
         child = HostJob.create(host, JobAction.SEAL, parent=op, target=f"template:{t.pk}")
         child.start()
-        child.finish()
+        child.end("done")
         out.append(t)
     return h1, h2, out
 
@@ -126,7 +126,7 @@ def test_job_follow_exit_status_is_the_outcome(data):
     assert e.value.code == 0
     failed = HostJob.create(op.host, "copy")
     failed.start()
-    failed.fail("boom")
+    failed.end("failed", "boom", "error")
     with pytest.raises(SystemExit) as e:
         call_command("job_follow", str(failed.pk), interval=0.01)
     assert e.value.code == 1

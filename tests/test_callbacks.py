@@ -177,3 +177,24 @@ def test_an_unknown_host_and_a_bad_signature_get_the_same_answer(client, hosts, 
     assert answers == [(401, b'{"detail": "not signed by a known host"}')] * 4
     assert status(running_job) == "running"
     assert CallbackNonce.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_old_nonces_are_forgotten_by_hostjobs_own_scheduled_task():
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from django_q.models import Schedule
+
+    from hostjobs.callbacks import MAX_SKEW
+    from hostjobs.tasks import forget_old_nonces
+
+    host = Host.objects.create(name="n", address="10.211.0.98", host_key="ssh-ed25519 AAAA")
+    old = CallbackNonce.objects.create(host=host, nonce="old")
+    CallbackNonce.objects.filter(pk=old.pk).update(received=timezone.now() - timedelta(seconds=2 * MAX_SKEW + 5))
+    CallbackNonce.objects.create(host=host, nonce="fresh")
+    assert forget_old_nonces() == 1
+    assert list(CallbackNonce.objects.values_list("nonce", flat=True)) == ["fresh"]
+    schedule = Schedule.objects.get(name="vmseal-forget-nonces")  # made by hostjobs' migration 0007
+    assert (schedule.func, schedule.schedule_type, schedule.repeats) == ("hostjobs.tasks.forget_old_nonces",
+                                                                         Schedule.MINUTES, -1)

@@ -120,7 +120,7 @@ def test_fuzzing_the_write_endpoints_gives_no_5xx_and_no_partial_rows(sec, djang
         decoy_tpl = Template.objects.create(name="fuzz-decoy", host=quiet_host, vm_name="none", status="ok")
         decoy_job = HostJob.create(quiet_host, JobAction.CREATE_TEMPLATE)
         decoy_job.start()
-        decoy_job.finish()
+        decoy_job.end("done")
         hosts_before = set(Host.objects.values_list("pk", flat=True))
         pinned = {"/api/hosts/{id}/": decoy_host.pk, "/api/templates/{id}/": decoy_tpl.pk,
                   "/api/jobs/{id}/cancel/": decoy_job.pk}

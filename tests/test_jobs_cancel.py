@@ -1,6 +1,7 @@
-"""Cancelling jobs through the API and the admin: a delete is refused with a 409 that says why (it runs
-to its end), so it never leaves its template locked or its job aborting. No host needed: the refusal
-happens before any work."""
+"""Cancelling jobs through the API, the admin and a source VM's start event: a delete is refused with a
+409 that says why (it runs to its end), so it never leaves its template locked or its job aborting; a
+started source VM cancels its operation once, with its reason. No host needed: the refusal and the
+cancel happen before any host work."""
 
 import pytest
 
@@ -57,3 +58,26 @@ def test_a_create_operation_can_still_be_cancelled(admin_client, delete_op):
     op = HostJob.create(t.host, JobAction.CREATE_TEMPLATE)
     assert admin_client.post(f"/api/jobs/{op.pk}/cancel/").status_code == 202
     assert HostJob.objects.get(pk=op.pk).status == "aborted"
+
+
+def test_a_source_vm_that_starts_cancels_its_operation_once(delete_op):
+    from hostjobs.models import Host
+    from sealing import signals
+
+    t, _ = delete_op
+    host = Host.objects.get(pk=t.host_id)
+    op = HostJob.create(host, JobAction.CREATE_TEMPLATE)
+    op.start()
+    copying = Template.objects.create(name="c", host=host, vm_name="src", phase="COPY_DISKS", job=op)
+    event = {"kind": "domain", "domain": "src", "op": "start"}
+    signals.on_host_event(Host, host, event)
+    r = HostJob.objects.get(pk=op.pk)
+    assert (r.status, r.error) == ("aborting", "source VM 'src' started on h (start) during COPY_DISKS")
+    signals.on_host_event(Host, host, {**event, "op": "started"})  # a second event: already being cancelled
+    assert HostJob.objects.get(pk=op.pk).error == r.error
+    done = HostJob.create(host, JobAction.CREATE_TEMPLATE)
+    done.start()
+    done.end("done")
+    Template.objects.filter(pk=copying.pk).update(job=done)
+    signals.on_host_event(Host, host, event)  # it ended meanwhile: nothing to cancel, nothing written
+    assert (HostJob.objects.get(pk=done.pk).status, HostJob.objects.get(pk=done.pk).error) == ("done", "")

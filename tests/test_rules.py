@@ -1,4 +1,5 @@
-"""Pure logic: volume rules, job transitions, the virt-sysprep command, phases, parsing."""
+"""Pure logic: volume rules, the host seal slot, the virt-sysprep command, phases, parsing. (Job
+transitions: test_hostjob_transitions.py; the flow's lease: test_lease.py.)"""
 
 import os
 import shutil
@@ -184,145 +185,11 @@ def test_a_host_slot_is_reserved_only_below_the_limit_and_freed_by_the_job_endin
     assert waits == [1], "told once that the one slot is busy"
     assert HostJob.objects.filter(action=JobAction.SEAL).count() == 1, "nothing reserved beyond the limit"
     first.start()
-    first.finish()
+    first.end("done")
     second = reserve(ops[1])
     assert second.parent_id == ops[1].pk
     host.max_parallel_seals = 3
     assert host.seal_limit == 3, "the host's own limit wins over the setting"
-
-
-@pytest.mark.django_db
-def test_job_transitions_are_guarded():
-    from hostjobs.errors import InvalidTransition
-    from hostjobs.models import Host, HostJob, JobAction
-
-    host = Host.objects.create(name="h", address="10.211.0.99", host_key="ssh-ed25519 AAAA")
-    job = HostJob.create(host, JobAction.SEAL)
-    assert job.kind == "virt"
-    assert job.status == "pending"
-    with pytest.raises(InvalidTransition):
-        job.finish()  # pending -> done is not a transition
-    with pytest.raises(InvalidTransition):
-        job.delete()  # a non-terminal job cannot be deleted
-    job.start()
-    stale = HostJob.objects.get(pk=job.pk)
-    job.finish()
-    assert (job.status, job.progress) == ("done", 100)
-    assert job.completed is not None
-    with pytest.raises(InvalidTransition):
-        stale.fail("late")  # another worker's stale copy cannot move a terminal job
-    with pytest.raises(InvalidTransition):
-        job.request_abort()  # aborting a terminal job is an error
-    assert HostJob.objects.get(pk=job.pk).status == "done"
-    job.delete()
-    aborted = HostJob.create(host, JobAction.COPY)
-    aborted.request_abort()
-    assert aborted.status == "aborted"
-    assert aborted.kind == "storage"
-
-
-@pytest.mark.django_db
-def test_a_result_and_the_deadline_arriving_together_end_the_job_once():
-    from hostjobs import runner
-    from hostjobs.models import Host, HostJob, JobAction
-
-    host = Host.objects.create(name="h", address="10.211.0.99", host_key="ssh-ed25519 AAAA")
-    job = HostJob.create(host, JobAction.SEAL)
-    job.start()
-    waiter = HostJob.objects.get(pk=job.pk)  # the worker's copy, about to give up at the deadline
-    runner.apply_state(job, {"status": "done", "result": {"exit_code": 0}})  # the host's push wins the race
-    assert waiter.fail_unless_ended("no result by the deadline", "deadline") is False
-    assert waiter.status == "done"
-    row = HostJob.objects.get(pk=job.pk)
-    assert (row.status, row.error, row.result) == ("done", "", {"exit_code": 0})
-    runner.apply_state(waiter, {"status": "failed", "exit_code": 1, "error": "late"})  # a late poll: ignored
-    assert HostJob.objects.get(pk=job.pk).status == "done"
-    other = HostJob.create(host, JobAction.COPY)
-    other.start()
-    assert other.fail_unless_ended("no result by the deadline", "deadline") is True
-    assert (HostJob.objects.get(pk=other.pk).status, other.error_code) == ("failed", "deadline")
-    aborting = HostJob.create(host, JobAction.SEAL)
-    aborting.start()
-    stale = HostJob.objects.get(pk=aborting.pk)
-    aborting.request_abort()  # running -> aborting, which the stale copy missed
-    assert stale.fail_unless_ended("no result by the deadline", "deadline") is True
-    assert HostJob.objects.get(pk=aborting.pk).status == "failed"
-
-
-@pytest.mark.django_db(transaction=True)
-def test_the_lease_keeper_renews_a_flows_lease_until_stopped():
-    import time
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from hostjobs.models import Host
-    from sealing import flow
-    from templates.models import Template
-
-    host = Host.objects.create(name="h", address="10.211.0.99", host_key="ssh-ed25519 AAAA")
-    t = Template.objects.create(name="leased", host=host, vm_name="v")
-    lease = flow.Lease.acquire(t.pk)
-    assert lease is not None
-    assert flow.Lease.acquire(t.pk) is None, "one worker holds a flow's lease"
-    Template.objects.filter(pk=t.pk).update(lease_expires=timezone.now() - timedelta(seconds=1))
-    keeper = flow.LeaseKeeper(lease, every=0.05)
-    keeper.start()
-    try:
-        time.sleep(0.5)
-        renewed = Template.objects.get(pk=t.pk).lease_expires
-        assert renewed > timezone.now() + flow.LEASE - timedelta(seconds=2), "renewed while the worker is busy"
-    finally:
-        keeper.stop()
-    assert not keeper.is_alive()
-    Template.objects.filter(pk=t.pk).update(lease_expires=timezone.now() - timedelta(seconds=1))
-    time.sleep(0.2)
-    assert Template.objects.get(pk=t.pk).lease_expires < timezone.now(), "a stopped keeper renews nothing"
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_worker_cut_off_past_its_lease_cannot_go_on_with_a_flow_taken_over():
-    """A worker that lost the database longer than the lease: the sweeper gave the flow to another
-    worker. The first one's renewals, heartbeat and release are refused, its keeper stops, and its
-    rollback raises LeaseLost before writing anything; the new owner's lease is untouched."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from hostjobs.models import Host, HostJob, JobAction
-    from sealing import flow
-    from templates.models import Phase, Template
-
-    host = Host.objects.create(name="h", address="10.211.0.99", host_key="ssh-ed25519 AAAA")
-    op = HostJob.create(host, JobAction.CREATE_TEMPLATE)
-    op.start()
-    t = Template.objects.create(name="taken", host=host, vm_name="v", phase=Phase.SEAL, job=op)
-    old = flow.Lease.acquire(t.pk)
-    Template.objects.filter(pk=t.pk).update(lease_expires=timezone.now() - timedelta(seconds=1))  # cut off
-    new = flow.Lease.acquire(t.pk)
-    assert new is not None, "an expired lease is taken over"
-    assert new.token != old.token
-    keeper = flow.LeaseKeeper(old, every=0.05)
-    keeper.start()
-    keeper.join(timeout=2)
-    assert not keeper.is_alive(), "the old worker's keeper stops once the lease is another's"
-    assert old.lost.is_set()
-    assert old.renew() is False
-    with pytest.raises(flow.LeaseLost):
-        old.heartbeat()
-    with pytest.raises(flow.LeaseLost):
-        flow.rollback(t, op, "SEAL failed: whatever", "error", old)
-    row = Template.objects.get(pk=t.pk)
-    assert (row.status, row.phase, row.error) == ("locked", Phase.SEAL, ""), "the old worker wrote nothing"
-    assert HostJob.objects.get(pk=op.pk).status == "running"
-    old.release()
-    row.refresh_from_db()
-    assert row.lease_owner == new.token, "release spares the new owner"
-    assert row.lease_expires > timezone.now()
-    assert new.renew() is True
-    assert not new.lost.is_set()
-    new.release()
-    assert Template.objects.get(pk=t.pk).lease_expires is None
 
 
 def test_seal_options_become_single_argv_elements():
