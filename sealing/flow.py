@@ -9,8 +9,13 @@ anything but one unencrypted Linux guest, and the audit, which fails the run if 
 left. What the guest reports (its os-release, the audit's lines) is recorded, never trusted. Either
 refusal fails SEAL: the copies are deleted and nothing was ever LEGAL.
 
-and on any failure or cancel ROLLBACK -> (template removed) or FAILED (a volume could not be deleted:
-it stays ILLEGAL, and the sweeper retries the clean-up when the host is back).
+and on any failure or cancel ROLLBACK -> (template removed) or CLEANUP_FAILED (a volume could not be
+deleted: it stays ILLEGAL, and the sweeper retries the clean-up when the host is back).
+
+The template's status and phase move only through its transition methods (``templates.states``): a
+step returns what it found (the VM's UUID, the guest's report and audit) and the flow records it with
+the move that ends the step (``advance``, ``finish``, or ``start_rollback`` for a failed step, whose
+exception carries its findings); the last step's ``finish`` and the operation's end are one transaction.
 
 Every storage step (copy, update_volume, delete) and the seal run as host jobs (``hostjobs.runner``):
 detached on the host, their end pushed by the host or polled. The phase is saved after each step, a
@@ -31,6 +36,7 @@ import logging
 import time
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Q
 
 from hostjobs import hostops, runner, virt
@@ -38,7 +44,8 @@ from hostjobs.errors import DomainNotStopped, HostError, HostUnreachable, Invali
 from hostjobs.models import HostJob, JobAction, JobStatus
 from sealing import sysprep
 from sealing.lease import Lease, LeaseKeeper, LeaseLost
-from templates.models import Phase, Template, TemplateDisk, TemplateStatus
+from templates.models import Phase, Template, TemplateDisk
+from templates.states import next_phase
 from volumes import rules
 from volumes.models import Legality, Volume
 
@@ -50,7 +57,15 @@ PROGRESS = {Phase.CREATE_TEMPLATE: 0, Phase.COPY_DISKS: 5, Phase.ASSIGN_ILLEGAL:
 ABORTABLE = (Phase.CREATE_TEMPLATE, Phase.COPY_DISKS, Phase.ASSIGN_ILLEGAL, Phase.SEAL)
 
 
-class FlowFailed(VmsealError):
+class StepFailed(VmsealError):
+    """A step's failure, with what the step found before it failed (``found``: recorded by the rollback)."""
+
+    def __init__(self, message: str, *, found: dict | None = None, detail: str = ""):
+        super().__init__(message, detail=detail)
+        self.found = found or {}
+
+
+class FlowFailed(StepFailed):
     code = "flow_failed"
 
 
@@ -58,15 +73,10 @@ class Cancelled(VmsealError):
     code = "aborted"
 
 
-class GuestRefused(VmsealError):
+class GuestRefused(StepFailed):
     code = "guest_refused"
 
 
-def next_phase(phase: str, seal: bool) -> str:
-    order = [Phase.CREATE_TEMPLATE, Phase.COPY_DISKS]
-    order += [Phase.ASSIGN_ILLEGAL, Phase.SEAL] if seal else []
-    order += [Phase.ASSIGN_LEGAL_SHARED, Phase.DONE]
-    return order[order.index(phase) + 1]
 
 
 class Context:
@@ -139,7 +149,7 @@ def _run(template_id: int, lease: Lease) -> None:
     if t is None or t.phase == Phase.DONE:
         return
     op = t.job
-    if t.phase == Phase.FAILED:  # a clean-up that could not finish: try again
+    if t.phase == Phase.CLEANUP_FAILED:  # a clean-up that could not finish: try again
         rollback(t, op, t.error or "clean-up retried", "rollback", lease)
         return
     if op.status == JobStatus.PENDING:
@@ -150,17 +160,20 @@ def _run(template_id: int, lease: Lease) -> None:
     ctx = Context(t, op, lease)
     phase = t.phase
     try:
-        while t.phase != Phase.DONE:
+        while True:
             phase = t.phase
             started = time.monotonic()
-            STEPS[phase](ctx)
+            found = STEPS[phase](ctx) or {}
             ctx.check_abort()
             lease.heartbeat()  # a phase is only recorded by the flow's owner
-            t.phase = next_phase(phase, t.seal)
-            t.save(update_fields=["phase", "status", "sealed", "updated"])
-            op.append_log(f"{phase} done in {time.monotonic() - started:.1f}s\n")
-            op.set_progress(PROGRESS[t.phase])
-        op.end(JobStatus.DONE)
+            line = f"{phase} done in {time.monotonic() - started:.1f}s\n"
+            following = next_phase(phase, t.seal)
+            if following == Phase.DONE:
+                _finish(t, op, line, found)
+                return
+            t.advance(following, **found)
+            op.append_log(line)
+            op.set_progress(PROGRESS[following])
     except LeaseLost:
         raise
     except Exception as e:  # every failure fails the whole operation
@@ -168,13 +181,29 @@ def _run(template_id: int, lease: Lease) -> None:
         message = f"{phase} failed: {e}" if not isinstance(e, Cancelled) else f"cancelled in {phase}: {e}"
         if not isinstance(e, VmsealError):
             log.exception("template %s: unexpected error in %s", t.pk, phase)
-        rollback(t, op, message, code, lease)
+        rollback(t, op, message, code, lease, found=getattr(e, "found", None))
+
+
+def _finish(t: Template, op: HostJob, line: str, found: dict) -> None:
+    """The template turns ok and its operation done in one transaction: a client never sees one without
+    the other, and a cancel landing at the end either came first (the operation's finish is refused,
+    nothing of this is written, and the flow rolls back) or is refused (the operation is done)."""
+    try:
+        with transaction.atomic():
+            t.finish(**found)
+            op.append_log(line)
+            op.set_progress(PROGRESS[Phase.DONE])
+            op.end(JobStatus.DONE)
+    except Exception:
+        t.refresh_from_db()  # as the database has it again: still in its last step
+        op.refresh_from_db(fields=["log", "progress"])
+        raise
 
 
 # -- steps ---------------------------------------------------------------------------------------------
-def create_template(ctx: Context) -> None:
+def create_template(ctx: Context) -> dict:
     """Re-check the source in the worker (the request's check may be stale), record its disks, and
-    make sure the host's template pool exists."""
+    make sure the host's template pool exists. Found: the VM's UUID."""
     t = ctx.t
     info = ctx.host_call(virt.domain_info, t.host, t.vm_name)
     if not info.stopped:
@@ -190,9 +219,8 @@ def create_template(ctx: Context) -> None:
             TemplateDisk(template=t, index=i, target=d.target, source_path=d.path, source_format=d.format)
             for i, d in enumerate(writable)
         )
-    t.vm_uuid = info.uuid
-    t.save(update_fields=["vm_uuid"])
     ctx.host_call(virt.ensure_pool, t.host)
+    return {"vm_uuid": info.uuid}
 
 
 def copy_disks(ctx: Context) -> None:
@@ -230,8 +258,9 @@ def _guest_env(host) -> list[str]:
     return args
 
 
-def seal(ctx: Context) -> None:
-    """One virt-sysprep over all the template's disks, with vmseal's guard and audit in its session."""
+def seal(ctx: Context) -> dict:
+    """One virt-sysprep over all the template's disks, with vmseal's guard and audit in its session.
+    Found: what the guest reported and the audit (also carried by the exception of a failed seal)."""
     t = ctx.t
     vols = _volumes(t)
     lib = hostops.remote_dir()
@@ -261,23 +290,24 @@ def seal(ctx: Context) -> None:
         code = (job.result or {}).get("exit_code") if job else None
         if code is None:
             raise
-        _record_seal(t, job.log, passed=False)
+        found = _seal_found(job.log, passed=False)
         if job.result.get("error") == "pool_full":  # the host's helper stopped a seal its full pool had stalled
-            raise FlowFailed(job.result.get("message") or "the template pool is full") from e
+            raise FlowFailed(job.result.get("message") or "the template pool is full", found=found) from e
         refusal = sysprep.refusal_of(job.log)
         if refusal:
-            raise GuestRefused(refusal) from e
-        if t.audit and not t.audit["passed"]:
+            raise GuestRefused(refusal, found=found) from e
+        audit = found["audit"]
+        if audit and not audit["passed"]:
             raise FlowFailed("audit found identity left: " + "; ".join(
-                f"{i['item']} ({i['detail']})" for i in t.audit["items"] if not i["ok"])) from e
-        raise FlowFailed(f"virt-sysprep exited {code}: {sysprep.error_summary(job.log)}") from e
-    _record_seal(t, job.log, passed=True)
+                f"{i['item']} ({i['detail']})" for i in audit["items"] if not i["ok"]), found=found) from e
+        raise FlowFailed(f"virt-sysprep exited {code}: {sysprep.error_summary(job.log)}", found=found) from e
+    return _seal_found(job.log, passed=True)
 
 
-def _record_seal(t: Template, log_text: str, *, passed: bool) -> None:
-    t.guest_os = sysprep.guest_of(log_text) or t.guest_os
-    t.audit = sysprep.audit_of(log_text, passed)
-    t.save(update_fields=["guest_os", "audit"])
+def _seal_found(log_text: str, *, passed: bool) -> dict:
+    """What a seal's log tells of the guest: its audit, and what it reported about itself (if it did)."""
+    guest = sysprep.guest_of(log_text)
+    return {"audit": sysprep.audit_of(log_text, passed), **({"guest_os": guest} if guest else {})}
 
 
 def assign_legal_shared(ctx: Context) -> None:
@@ -287,8 +317,6 @@ def assign_legal_shared(ctx: Context) -> None:
             update_volume(ctx, Phase.ASSIGN_LEGAL_SHARED, vol, legality=rules.LEGAL, type=rules.SHARED)
         else:
             update_volume(ctx, Phase.ASSIGN_LEGAL_SHARED, vol, type=rules.SHARED)
-    t.status = TemplateStatus.OK
-    t.sealed = t.seal
 
 
 STEPS = {
@@ -318,11 +346,13 @@ def update_volume(ctx: Context, step: str, vol: Volume, *, legality: str | None 
     vol.mirror(job.result)
 
 
-def rollback(t: Template, op: HostJob, message: str, code: str, lease: Lease) -> None:
+def rollback(t: Template, op: HostJob, message: str, code: str, lease: Lease, found: dict | None = None) -> None:
+    """Stop the operation's host jobs and remove what it made. ``found``: what the failed step read
+    (recorded with the move to ROLLBACK). A rollback resumed by another worker goes on where it was."""
     lease.heartbeat()  # only the flow's owner rolls it back
     log.warning("template %s (%s): %s; rolling back", t.pk, t.name, message)
-    t.status, t.phase, t.error, t.sealed = TemplateStatus.FAILED, Phase.ROLLBACK, message, False
-    t.save(update_fields=["status", "phase", "error", "sealed", "updated"])
+    if t.phase != Phase.ROLLBACK:
+        t.start_rollback(message, **(found or {}))
     op.append_log(message + "\n")
     # Host jobs that may still run there (their result never arrived, or a cancel): stop them first,
     # so nothing writes to a volume being deleted.
@@ -335,10 +365,8 @@ def rollback(t: Template, op: HostJob, message: str, code: str, lease: Lease) ->
         job.end(JobStatus.FAILED, "abandoned by the rollback", "rollback")
     leftovers = delete_volumes(t, op, Phase.ROLLBACK, "rollback: delete", lease)
     if leftovers:
-        t.phase = Phase.FAILED
-        if "volumes left ILLEGAL" not in t.error:
-            t.error = f"{message}; volumes left ILLEGAL on the host: {'; '.join(leftovers)}"
-        t.save(update_fields=["phase", "error", "updated"])
+        t.rollback_incomplete(t.error if "volumes left ILLEGAL" in t.error
+                              else f"{message}; volumes left ILLEGAL on the host: {'; '.join(leftovers)}")
         op.append_log(f"clean-up incomplete: {'; '.join(leftovers)}\n")
     else:
         t.delete()
@@ -396,8 +424,7 @@ def delete(t: Template, op: HostJob, lease: Lease) -> None:
         op.start()
     leftovers = delete_volumes(t, op, "DELETE", "delete", lease)
     if leftovers:
-        t.status, t.error = TemplateStatus.FAILED, f"delete incomplete: {'; '.join(leftovers)}"
-        t.save(update_fields=["status", "error", "updated"])
+        t.delete_incomplete(f"delete incomplete: {'; '.join(leftovers)}")
         op.end(JobStatus.FAILED, t.error, "delete_incomplete")
     else:
         t.delete()

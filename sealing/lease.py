@@ -41,7 +41,8 @@ def orphaned() -> QuerySet[Template]:
     """The sweeper's query: flows to run again. Unfinished templates (locked, or a rollback or a
     clean-up to finish) whose lease nobody holds and that nothing touched for SETTLE."""
     now = timezone.now()
-    return (Template.objects.filter(Q(status=TemplateStatus.LOCKED) | Q(phase__in=[Phase.ROLLBACK, Phase.FAILED]))
+    return (Template.objects
+            .filter(Q(status=TemplateStatus.LOCKED) | Q(phase__in=[Phase.ROLLBACK, Phase.CLEANUP_FAILED]))
             .filter(_free(now))
             .filter(updated__lt=now - SETTLE))
 

@@ -13,6 +13,7 @@ import logging
 from django.db.models import Q
 from django.utils import timezone
 
+from hostjobs.errors import InvalidTransition
 from hostjobs.models import TERMINAL
 from templates.models import Phase, Template, TemplateDisk, TemplateStatus
 from volumes import reconcile
@@ -71,7 +72,11 @@ def fail_templates_of_missing(host, report: reconcile.Report, *, dry_run: bool =
         by_template.setdefault(d.template, []).append(problem)
     for t, problems in by_template.items():
         error = f"volumes missing on host {host.name}, found by a host scan: " + "; ".join(problems)
-        ok = Template.objects.filter(pk=t.pk, status=TemplateStatus.OK).filter(_idle(timezone.now()))
-        if dry_run and ok.exists() or not dry_run and ok.update(status=TemplateStatus.FAILED, error=error,
-                                                                 updated=timezone.now()):
-            report.changed.append(f"template {t.name!r} failed: {error}")
+        if not Template.objects.filter(pk=t.pk, status=TemplateStatus.OK).filter(_idle(timezone.now())).exists():
+            continue
+        if not dry_run:
+            try:
+                t.volumes_missing(error)  # refused if a delete locked it meanwhile
+            except InvalidTransition:
+                continue
+        report.changed.append(f"template {t.name!r} failed: {error}")

@@ -10,9 +10,9 @@ from django_q.tasks import async_task
 from rest_framework import serializers
 
 from hostjobs import hostops, virt
-from hostjobs.errors import DomainNotFound, HostError
+from hostjobs.errors import DomainNotFound, HostError, InvalidTransition
 from hostjobs.models import HostJob, JobAction
-from templates.models import Phase, Template, TemplateStatus
+from templates.models import Template
 
 
 class Refused(Exception):
@@ -64,12 +64,12 @@ def check_seal_options(host, opts: dict) -> None:
 
 
 def start(template: Template) -> HostJob:
-    """Validate, create the Template row (phase CREATE_TEMPLATE) and its operation job, enqueue."""
+    """Validate, create the Template row (locked, phase CREATE_TEMPLATE) and its operation job, enqueue."""
+    template.check_new()
     if Template.objects.filter(name=template.name).exists():
         raise Refused("name", f"a template named {template.name!r} already exists", "unique")
     validate_source(template.host, template.vm_name)
     check_seal_options(template.host, template.seal_options or {})
-    template.status, template.phase, template.sealed = TemplateStatus.LOCKED, Phase.CREATE_TEMPLATE, False
     try:
         with transaction.atomic():
             template.save()
@@ -90,15 +90,19 @@ def start(template: Template) -> HostJob:
 
 
 def request_delete(template: Template) -> HostJob:
-    """Delete a template and its volumes on the host, as an operation job. Refused while a job runs."""
+    """Delete a template and its volumes on the host, as an operation job. Refused while a job runs
+    (an operation, or the rollback of a failed one, which removes the template itself)."""
+    busy = Refused("template", f"template {template.name!r} has a job running: cancel it or wait", "locked", 409)
     with transaction.atomic():
         t = Template.objects.select_for_update().get(pk=template.pk)
-        if t.status == TemplateStatus.LOCKED:
-            raise Refused("template", f"template {t.name!r} has a job running: cancel it or wait", "locked", 409)
+        if not t.allows("lock_for_delete"):
+            raise busy
         op = HostJob.create(t.host, JobAction.DELETE_TEMPLATE, target=f"template:{t.pk}",
                             description=f"delete template {t.name!r} and its volumes")
-        t.status, t.job = TemplateStatus.LOCKED, op
-        t.save(update_fields=["status", "job", "updated"])
+        try:
+            t.lock_for_delete(op)  # refused if a worker moved it since the read (no row lock on SQLite)
+        except InvalidTransition:
+            raise busy from None
         pk = t.pk
         transaction.on_commit(
             lambda: async_task("sealing.tasks.run_template_flow", pk, task_name=f"template-{pk}-delete-{op.pk}"))

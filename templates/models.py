@@ -1,27 +1,21 @@
 """VM templates. A Template is made from a stopped VM on one host; each of its disks is a Volume.
-Its ``phase`` is persisted so a restarted worker resumes the flow where it stopped."""
+
+Its ``status`` and ``phase`` move only through the methods below (``advance``, ``finish``,
+``start_rollback``, ``rollback_incomplete``, ``lock_for_delete``, ``delete_incomplete``), each one
+conditional UPDATE that refuses a move its row is not in a state for (``templates.states`` has the
+tables); assigning either attribute raises. The ``phase`` is persisted so a restarted worker resumes
+the flow where it stopped."""
+
+import contextlib
 
 from django.db import models
+from django.utils import timezone
 
+from hostjobs.errors import InvalidTransition
 from hostjobs.models import Host, HostJob
+from templates import states
+from templates.states import Phase, TemplateStatus
 from volumes.models import Volume
-
-
-class TemplateStatus(models.TextChoices):
-    LOCKED = "locked", "Locked"  # an operation runs
-    OK = "ok", "OK"
-    FAILED = "failed", "Failed"  # visible while rolling back, or when the removal itself failed
-
-
-class Phase(models.TextChoices):
-    CREATE_TEMPLATE = "CREATE_TEMPLATE"
-    COPY_DISKS = "COPY_DISKS"
-    ASSIGN_ILLEGAL = "ASSIGN_ILLEGAL"
-    SEAL = "SEAL"
-    ASSIGN_LEGAL_SHARED = "ASSIGN_LEGAL_SHARED"
-    DONE = "DONE"
-    ROLLBACK = "ROLLBACK"
-    FAILED = "FAILED"
 
 
 class TemplateQuerySet(models.QuerySet):
@@ -49,14 +43,14 @@ class Template(models.Model):
     audit = models.JSONField(default=dict, blank=True)
     guest_os = models.CharField(max_length=255, blank=True, default="",
                                 help_text="what the guest reported about itself (recorded, never trusted)")
-    status = models.CharField(max_length=16, choices=TemplateStatus.choices, default=TemplateStatus.LOCKED)
-    phase = models.CharField(max_length=32, choices=Phase.choices, default=Phase.CREATE_TEMPLATE)
+    status = states.StateField(max_length=16, choices=TemplateStatus.choices, default=TemplateStatus.LOCKED)
+    phase = states.StateField(max_length=32, choices=Phase.choices, default=Phase.CREATE_TEMPLATE)
     sealed = models.BooleanField(default=False)
     error = models.TextField(blank=True, default="")
     job = models.OneToOneField(HostJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="template")
     # Held by the worker running the flow and renewed while it waits; an expired lease on an unfinished
     # template means its worker died, and the sweeper resumes the flow. The owner token fences a worker
-    # cut off past the expiry: it can no longer renew, and stops (sealing.flow.Lease).
+    # cut off past the expiry: it can no longer renew, and stops (sealing.lease.Lease).
     lease_expires = models.DateTimeField(null=True, blank=True)
     lease_owner = models.CharField(max_length=32, blank=True, default="", editable=False)
     created = models.DateTimeField(auto_now_add=True, db_index=True)  # the lists' default order
@@ -70,6 +64,101 @@ class Template(models.Model):
 
     def __str__(self):
         return self.name
+
+    # -- guarded transitions (templates.states) ----------------------------------------------------------
+    @contextlib.contextmanager
+    def _writing_state(self):
+        self.__dict__[states.WRITING] = True
+        try:
+            yield
+        finally:
+            self.__dict__.pop(states.WRITING, None)
+
+    def refresh_from_db(self, *args, **kwargs):
+        with self._writing_state():
+            super().refresh_from_db(*args, **kwargs)
+
+    def allows(self, move: str) -> bool:
+        """Whether ``move`` is allowed from this instance's (status, phase)."""
+        return (self.status, self.phase) in states.MOVES[move][0]
+
+    def _move(self, move: str, *, status: str | None = None, phase: str | None = None, **fields) -> None:
+        """Move to (status, phase) if the stored row is where ``move`` is allowed from, and write
+        ``fields`` with it. The conditional UPDATE makes the check and the write one step, so two
+        workers cannot both move the same template; the loser raises InvalidTransition and writes nothing."""
+        old = (self.status, self.phase)
+        new = (status or old[0], phase or old[1])
+        if not self.allows(move):
+            allowed = ", ".join(sorted(f"{s}/{p}" for s, p in states.MOVES[move][0]))
+            raise InvalidTransition(f"template {self.pk} ({self.name}): {move} is not allowed from "
+                                    f"{old[0]}/{old[1]} (only from {allowed})")
+        try:
+            states.check_tables(old, new)
+        except InvalidTransition as e:
+            raise InvalidTransition(f"template {self.pk} ({self.name}): {move}: {e}") from None
+        fields["updated"] = timezone.now()
+        if not Template.objects.filter(pk=self.pk, status=old[0], phase=old[1]).update(
+                status=new[0], phase=new[1], **fields):
+            try:
+                self.refresh_from_db(fields=["status", "phase"])
+            except Template.DoesNotExist:
+                raise InvalidTransition(f"template {self.pk} ({self.name}): {move}: removed meanwhile") from None
+            raise InvalidTransition(f"template {self.pk} ({self.name}): {move}: it moved to "
+                                    f"{self.status}/{self.phase} meanwhile")
+        with self._writing_state():
+            self.status, self.phase = new
+        for k, v in fields.items():
+            setattr(self, k, v)
+
+    @staticmethod
+    def _findings(found: dict) -> dict:
+        unknown = set(found) - states.FINDINGS
+        if unknown:
+            raise ValueError(f"not something a step records: {sorted(unknown)}")
+        return found
+
+    def check_new(self) -> None:
+        """A template starts unsaved, locked in CREATE_TEMPLATE and not sealed (what the flow's first
+        step expects); anything else is refused."""
+        if self.pk is not None or (self.status, self.phase, self.sealed) != (
+                TemplateStatus.LOCKED, Phase.CREATE_TEMPLATE, False):
+            raise InvalidTransition(f"template {self.name!r} cannot start: a new template starts "
+                                    f"{TemplateStatus.LOCKED}/{Phase.CREATE_TEMPLATE}, not sealed")
+
+    def advance(self, to: str, **found) -> None:
+        """A step ended: on to the flow's next step ``to``, recording what the step found (``vm_uuid``,
+        ``guest_os``, ``audit``). DONE is reached by finish()."""
+        if self.allows("advance") and to != states.next_phase(self.phase, self.seal):
+            raise InvalidTransition(f"template {self.pk} ({self.name}): advance {self.phase} -> {to} is not "
+                                    f"the next step of a {'sealed' if self.seal else 'plain'} template")
+        self._move("advance", phase=to, **self._findings(found))
+
+    def finish(self, **found) -> None:
+        """The last step ended: the template is ok (and sealed if it was sealed)."""
+        self._move("finish", status=TemplateStatus.OK, phase=Phase.DONE, sealed=self.seal, **self._findings(found))
+
+    def start_rollback(self, error: str, **found) -> None:
+        """The operation failed or was cancelled in a step (or a clean-up that could not finish is
+        retried): the template is failed and its rollback begins. ``found``: what the failed step read."""
+        self._move("start_rollback", status=TemplateStatus.FAILED, phase=Phase.ROLLBACK, error=error, sealed=False,
+                   **self._findings(found))
+
+    def rollback_incomplete(self, error: str) -> None:
+        """Some volumes could not be removed: they stay ILLEGAL and the sweeper retries the clean-up."""
+        self._move("rollback_incomplete", phase=Phase.CLEANUP_FAILED, error=error)
+
+    def lock_for_delete(self, job: HostJob) -> None:
+        """A delete was requested: the template is locked by its delete operation ``job``."""
+        self._move("lock_for_delete", status=TemplateStatus.LOCKED, job=job)
+
+    def volumes_missing(self, error: str) -> None:
+        """A host scan found volumes of this ok template gone from its host: it is failed (deleting it
+        removes what is left)."""
+        self._move("volumes_missing", status=TemplateStatus.FAILED, error=error)
+
+    def delete_incomplete(self, error: str) -> None:
+        """A delete could not remove every volume: the template stays, failed; deleting it again retries."""
+        self._move("delete_incomplete", status=TemplateStatus.FAILED, error=error)
 
 
 class TemplateDisk(models.Model):

@@ -23,7 +23,8 @@ def data(db):
         op.start()
         op.end("done")
         t = Template.objects.create(name=f"web-{i}", host=host, vm_name=f"vm{i}", seal=i % 3 == 0,
-                                    sealed=i % 3 == 0, status="ok" if i < 5 else "locked", job=op)
+                                    sealed=i % 3 == 0, status="ok" if i < 5 else "locked",
+                                    phase="DONE" if i < 5 else "SEAL", job=op)
         v = Volume.objects.create(host=host, type="SHARED", legality="LEGAL", generation=2, size=1 << 26)
         TemplateDisk.objects.create(template=t, index=0, target="vda", source_path="/x", source_format="qcow2",
                                     volume=v)

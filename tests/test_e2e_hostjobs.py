@@ -141,7 +141,7 @@ def test_link_down_past_the_deadline_fails_then_cleans_up_when_back(hj, dbx):
         assert "deadline" in job["error"]
         assert job["log"].count("SEAL failed") == 1, "one worker rolled back, once"
         t = Template.objects.get(name="hj-linkdown")
-        assert (t.status, t.phase) == ("failed", "FAILED")
+        assert (t.status, t.phase) == ("failed", "CLEANUP_FAILED")
         vols = Volume.objects.filter(disk__template=t)
         vol_ids = [str(v.pk) for v in vols]
         assert vol_ids

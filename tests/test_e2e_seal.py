@@ -557,7 +557,7 @@ def test_host_presenting_another_key_is_refused(api, test_host):
 def test_duplicate_name_is_refused(api, host_row, test_host):
     from templates.models import Template
 
-    Template.objects.create(name="taken", host=host_row, vm_name="gold1", status="ok")
+    Template.objects.create(name="taken", host=host_row, vm_name="gold1", status="ok", phase="DONE")
     before = _snapshot(test_host)
     r = api.post("/api/templates/", {"name": "taken", "host": host_row.pk, "vm": "gold1"}, format="json")
     assert r.status_code == 400

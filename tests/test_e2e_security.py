@@ -117,7 +117,8 @@ def test_fuzzing_the_write_endpoints_gives_no_5xx_and_no_partial_rows(sec, djang
         # decoys on addresses of our own bridge where nothing listens
         decoy_host = Host.objects.create(name="fuzz-decoy", address="10.211.0.250", host_key=key)
         quiet_host = Host.objects.create(name="fuzz-decoy-t", address="10.211.0.251", host_key=key)
-        decoy_tpl = Template.objects.create(name="fuzz-decoy", host=quiet_host, vm_name="none", status="ok")
+        decoy_tpl = Template.objects.create(name="fuzz-decoy", host=quiet_host, vm_name="none", status="ok",
+                                            phase="DONE")
         decoy_job = HostJob.create(quiet_host, JobAction.CREATE_TEMPLATE)
         decoy_job.start()
         decoy_job.end("done")

@@ -183,7 +183,7 @@ def busy(stored):
     from volumes.models import Volume
 
     job = HostJob.create(stored, JobAction.CREATE_TEMPLATE)
-    Template.objects.create(name="t", host=stored, vm_name="v", status="ok", job=job)
+    Template.objects.create(name="t", host=stored, vm_name="v", status="ok", phase="DONE", job=job)
     Volume.objects.create(host=stored)
     return stored
 

@@ -22,7 +22,7 @@ def test_the_sweeper_finds_unfinished_flows_that_no_live_worker_holds():
         "no-lease": (("locked", Phase.COPY_DISKS, None, old), True),
         "expired": (("locked", Phase.SEAL, expired, old), True),
         "rollback": (("failed", Phase.ROLLBACK, expired, old), True),
-        "cleanup": (("failed", Phase.FAILED, None, old), True),
+        "cleanup": (("failed", Phase.CLEANUP_FAILED, None, old), True),
         "held": (("locked", Phase.SEAL, live, old), False),
         "just-enqueued": (("locked", Phase.CREATE_TEMPLATE, None, now), False),
         "done": (("ok", Phase.DONE, None, old), False),

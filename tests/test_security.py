@@ -102,7 +102,7 @@ def test_each_access_level_sees_exactly_what_its_permissions_allow(client, djang
 
     op = HostJob.create(host, JobAction.CREATE_TEMPLATE)
     op.start()
-    t = Template.objects.create(name="existing", host=host, vm_name="v", status="ok", job=None)
+    t = Template.objects.create(name="existing", host=host, vm_name="v", status="ok", phase="DONE", job=None)
     levels = {
         "anonymous": None,
         "reader": _user(django_user_model, "reader"),  # authenticated, no permissions: reads only
