@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.fixtures.hostjobs import ROOT
-from tests.fixtures.sealing import ensure_sweep_schedule, wait_jobs
+from tests.fixtures.sealing import ensure_schedules, wait_jobs
 
 pytestmark = pytest.mark.e2e
 
@@ -124,7 +124,7 @@ def test_link_down_past_the_deadline_fails_then_cleans_up_when_back(hj, dbx):
     op_id = request(hj, hj.host, "hj-linkdown", "hj-link")
     seal = wait_child(op_id, "seal")
     HostJob.objects.filter(pk=seal.pk).update(deadline=timezone.now() + timedelta(seconds=4))
-    ensure_sweep_schedule()  # the sweeper runs meanwhile: it must not take the blocked flow for orphaned
+    ensure_schedules()  # the sweeper runs meanwhile: it must not take the blocked flow for orphaned
     subprocess.run(["ip", "link", "set", info["veth"], "down"], check=True)
     try:
         # The worker spends the outage in SSH commands that time out (up to 30 s each, more than the
@@ -148,7 +148,7 @@ def test_link_down_past_the_deadline_fails_then_cleans_up_when_back(hj, dbx):
         assert all(v.legality == "ILLEGAL" for v in vols), "what could not be deleted stays ILLEGAL"
     finally:
         subprocess.run(["ip", "link", "set", info["veth"], "up"], check=True)
-    ensure_sweep_schedule()
+    ensure_schedules()
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and Template.objects.filter(name="hj-linkdown").exists():
         time.sleep(1)

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.fixtures.sealing import wait_jobs
+from tests.fixtures.sealing import ensure_schedules, wait_jobs
 
 pytestmark = pytest.mark.e2e
 POOL = "/var/lib/vmseal/rc"
@@ -41,6 +41,7 @@ def rc(test_host, qcluster, callback_server, django_db_blocker):
         host = Host.objects.get(pk=r.json()["id"])
         disks = test_host.define_vm("rc-src", "one")
         # The periodic scan must not run between the edits below and the scan this test runs.
+        ensure_schedules(due_now=())  # as the migrations made them (an earlier test's flush removes them)
         scheduled = Schedule.objects.filter(name="vmseal-host-scan")
         next_run = scheduled.values_list("next_run", flat=True).first()
         scheduled.update(next_run=timezone.now() + timedelta(days=1))

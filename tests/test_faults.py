@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.fixtures.hostjobs import ROOT, TESTHOSTS, TestHost, down, up
-from tests.fixtures.sealing import Service, ensure_sweep_schedule
+from tests.fixtures.sealing import Service, ensure_schedules
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
@@ -87,7 +87,7 @@ def env(test_env, qcluster, callback_server, django_db_blocker):
             user = User.objects.create_superuser("faults", "f@example.test", "faults-pass-1")
             api = APIClient()
             api.force_authenticate(user)
-            ensure_sweep_schedule()
+            ensure_schedules()
             yield {"api": api, "hosts": hosts, "cluster": cluster, "cluster_env": cluster_env}
             for h in Host.objects.all():
                 transport.close(h)
