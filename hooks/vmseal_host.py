@@ -697,7 +697,8 @@ def cmd_host_info(a):
     }
 
 
-def main(argv=None):
+def parser():
+    """The verbs and their arguments (the usage at the top of this file)."""
     p = argparse.ArgumentParser(prog="vmseal_host")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("create-volume")
@@ -731,13 +732,19 @@ def main(argv=None):
         j.add_argument("--id", required=True)
         if name == "job-status":
             j.add_argument("--log-offset", type=int, default=0)
-    a = p.parse_args(argv)
+    return p
+
+
+HANDLERS = {"create-volume": cmd_create, "update-volume": cmd_update, "delete-volume": cmd_delete,
+            "volume-info": cmd_info, "run": cmd_run, "job-start": cmd_job_start, "job-exec": cmd_job_exec,
+            "job-status": cmd_job_status, "job-abort": cmd_job_abort, "job-clear": cmd_job_clear,
+            "host-info": cmd_host_info, "sysprep-operations": cmd_sysprep_operations, "pool-scan": cmd_pool_scan}
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
     os.umask(0o077)  # what this helper and the commands it runs create is root's alone
-    handler = {"create-volume": cmd_create, "update-volume": cmd_update, "delete-volume": cmd_delete,
-               "volume-info": cmd_info, "run": cmd_run, "job-start": cmd_job_start, "job-exec": cmd_job_exec,
-               "job-status": cmd_job_status, "job-abort": cmd_job_abort, "job-clear": cmd_job_clear,
-               "host-info": cmd_host_info, "sysprep-operations": cmd_sysprep_operations,
-               "pool-scan": cmd_pool_scan}[a.cmd]
+    handler = HANDLERS[a.cmd]
     try:
         result = handler(a)
     except (Refused, rules.RuleError) as e:
@@ -747,8 +754,7 @@ def main(argv=None):
         print(json.dumps({"error": "failed", "message": f"{type(e).__name__}: {e}"}))
         return 1
     code = result.pop("_exit", 0)
-    if not result.pop("_silent", False):
-        print(json.dumps(result))
+    print(json.dumps(result))
     return code
 
 

@@ -101,13 +101,13 @@ class HostViewSet(viewsets.ModelViewSet):
         from libvirt (one call over the host's pinned connection), and why a VM's disks cannot be copied
         (``problems``; one SSH call reads the disks' image headers). Needs ``view_host`` or
         ``add_template``; throttled per user (VMSEAL_HOST_VMS_RATE)."""
-        from hostjobs import virt
+        from hostjobs import port
         from hostjobs.errors import HostError
 
         host = self.get_object()
         try:
-            domains = virt.list_domains(host, stopped_only=True)
-            virt.check_sources(host, domains)
+            domains = port.for_host(host).list_domains(stopped_only=True)
+            port.for_host(host).check_sources(domains)
         except HostError as e:
             return Response({"detail": str(e), "code": e.code}, status=status.HTTP_502_BAD_GATEWAY)
         return Response(VMSerializer(domains, many=True).data)

@@ -3,6 +3,12 @@
 The helper and the volume rules are shipped as one bundle to ``/var/lib/vmseal/lib/<digest>/``;
 a call that finds its bundle missing uploads it (one tar over the same SSH connection) and retries,
 so a normal call is one SSH round trip and a changed helper never mixes with an old one.
+
+This module is the one home of host commands: a builder per verb of the helper returns its argument
+list (``create_volume``, ``update_volume``, ``delete_volume``, ``volume_info``, ``pool_scan``, ``run``,
+``host_info``, ``sysprep_operations``, ``job_*``). Callers run them through the host's port
+(``hostjobs.port``): ``port.for_host(host).helper(args)``, or as a host job's command (``runner``).
+``helper`` is how the real port runs a verb over SSH.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
@@ -53,14 +59,13 @@ def install(host) -> None:
     transport.run(host, ["sh", "-c", script], input=tar, timeout=60)
 
 
-def helper(host, args: Sequence[str], *, timeout: float = 600, on_line: Callable[[str], None] | None = None,
-           input: bytes | None = None):
+def helper(host, args: Sequence[str], *, timeout: float = 600, input: bytes | None = None) -> dict:
     """Run a helper subcommand; return its JSON result. Raises VolumeRefused when the host refused
     by the volume rules, HostCommandFailed on other failures."""
     script = f"{remote_dir()}/vmseal_host.py"
     argv = ["sh", "-c", f'test -f {script} || exit {MISSING}; exec {PYTHON} {script} "$@"', "vmseal_host", *args]
     for attempt in (1, 2):
-        proc = transport.run(host, argv, timeout=timeout, on_line=on_line, check=False, input=input)
+        proc = transport.run(host, argv, timeout=timeout, check=False, input=input)
         if proc.returncode == MISSING and attempt == 1:
             install(host)
             continue
@@ -106,52 +111,77 @@ def install_hooks(host, callback_url: str) -> None:
     transport.run(host, ["sh", "-c", script], input=conf, timeout=60)
 
 
-def sysprep_operations(host) -> dict[str, bool]:
-    """``virt-sysprep --list-operations`` of the host: {name: enabled by default}."""
-    return helper(host, ["sysprep-operations"], timeout=60)["operations"]
+# -- the helper's verbs: one builder each ---------------------------------------------------------
+# Each returns the argument list of one verb of hooks/vmseal_host.py (its usage lists them); nothing
+# here runs it. The caller runs it through the host's port (``hostjobs.port``): a direct call
+# (``port.helper(args)``) or a host job's command (``runner.run(..., args)``).
+def create_volume(pool: str, vol_id, *, source: str, source_format: str, rate_limit: int = 0) -> list[str]:
+    """Copy ``source`` into a new LEAF volume (ILLEGAL until its data is complete); ``rate_limit``:
+    bytes/s, 0 for none."""
+    return ["create-volume", "--pool", pool, "--id", str(vol_id), "--source", source, "--source-format",
+            source_format, *(["--rate-limit", str(rate_limit)] if rate_limit else [])]
 
 
-def host_info(host) -> dict:
-    return helper(host, ["host-info", "--pool", host.pool_path], timeout=60)
-
-
-# -- storage verbs -----------------------------------------------------------------------------------
-def create_volume(host, vol_id: str, source: str, source_format: str) -> dict:
-    from django.conf import settings
-
-    return helper(host, ["create-volume", "--pool", host.pool_path, "--id", vol_id, "--source", source,
-                         "--source-format", source_format], timeout=settings.VMSEAL_COPY_TIMEOUT)
-
-
-def update_volume(host, vol_id: str, *, generation: int, legality: str | None = None,
-                  type: str | None = None) -> dict:
-    args = ["update-volume", "--pool", host.pool_path, "--id", vol_id, "--generation", str(generation)]
+def update_volume(pool: str, vol_id, *, generation: int, legality: str | None = None,
+                  type: str | None = None) -> list[str]:
+    """vdsm's update_volume: the change, if the host's volume is still at ``generation``."""
+    args = ["update-volume", "--pool", pool, "--id", str(vol_id), "--generation", str(generation)]
     if legality:
         args += ["--legality", legality]
     if type:
         args += ["--type", type]
-    return helper(host, args, timeout=60)
+    return args
 
 
-def delete_volume(host, vol_id: str) -> dict:
-    return helper(host, ["delete-volume", "--pool", host.pool_path, "--id", vol_id], timeout=120)
+def delete_volume(pool: str, vol_id) -> list[str]:
+    return ["delete-volume", "--pool", pool, "--id", str(vol_id)]
 
 
-def volume_info(host, vol_id: str) -> dict:
-    return helper(host, ["volume-info", "--pool", host.pool_path, "--id", vol_id], timeout=60)
+def volume_info(pool: str, vol_id) -> list[str]:
+    return ["volume-info", "--pool", pool, "--id", str(vol_id)]
 
 
-def pool_scan(host) -> dict:
-    """Every file of the host's pool with each volume's metadata, and the files that are not volumes."""
-    return helper(host, ["pool-scan", "--pool", host.pool_path], timeout=120)
+def pool_scan(pool: str) -> list[str]:
+    """Every file of the pool with each volume's metadata, and the files that are not volumes."""
+    return ["pool-scan", "--pool", pool]
 
 
-def run_on_volumes(host, vol_ids: Sequence[str], argv: Sequence[str], *, env: dict[str, str],
-                   timeout: float, on_line: Callable[[str], None] | None = None) -> dict:
-    """Run ``argv`` on the host after the host checked that none of ``vol_ids`` is SHARED."""
-    args = ["run", "--pool", host.pool_path]
-    for v in vol_ids:
-        args += ["--writable", v]
-    for k, v in env.items():
+def run(argv: Sequence[str], *, pool: str, writable: Sequence = (), env: dict[str, str] | None = None,
+        report_disk: str | None = None) -> list[str]:
+    """Run ``argv`` once the host checked that none of the ``writable`` volumes is SHARED; ``env``
+    added to its environment; ``report_disk``: the guest's report disk, made before, read after."""
+    args = ["run", "--pool", pool]
+    if report_disk:
+        args += ["--report-disk", report_disk]
+    for v in writable:
+        args += ["--writable", str(v)]
+    for k, v in (env or {}).items():
         args += ["--env", f"{k}={v}"]
-    return helper(host, [*args, "--", *argv], timeout=timeout, on_line=on_line)
+    return [*args, "--", *argv]
+
+
+def host_info(pool: str) -> list[str]:
+    """What host_check reports: versions, KVM, free space in the pool, the appliance cache."""
+    return ["host-info", "--pool", pool]
+
+
+def sysprep_operations() -> list[str]:
+    """``virt-sysprep --list-operations`` of the host: {"operations": {name: enabled by default}}."""
+    return ["sysprep-operations"]
+
+
+def job_start(job_id) -> list[str]:
+    """Start a host job; its spec ({"args": a verb's arguments, ...}) goes on stdin."""
+    return ["job-start", "--id", str(job_id)]
+
+
+def job_status(job_id, log_offset: int = 0) -> list[str]:
+    return ["job-status", "--id", str(job_id), *(["--log-offset", str(log_offset)] if log_offset else [])]
+
+
+def job_abort(job_id) -> list[str]:
+    return ["job-abort", "--id", str(job_id)]
+
+
+def job_clear(job_id) -> list[str]:
+    return ["job-clear", "--id", str(job_id)]

@@ -6,7 +6,8 @@ they run on the host (``args``) and how their progress reads (``progress_of``).
 
 On the host a job is a detached runner with its state in /var/lib/vmseal/jobs/<id>/ (see
 ``hooks/vmseal_host.py``): it survives the app, the worker and libvirtd restarting. Starting a job
-that already exists on the host never runs it twice, so a resumed flow simply re-attaches.
+that already exists on the host never runs it twice, so a resumed flow simply re-attaches. The host
+is reached through its port (``hostjobs.port``), the job verbs' arguments built by ``hostops``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from hostjobs import hostops
+from hostjobs import hostops, port
 from hostjobs.errors import HostCommandFailed, HostError, HostUnreachable, InvalidTransition, VolumeRefused
 from hostjobs.models import LOG_LIMIT, Host, HostJob, JobStatus
 
@@ -81,22 +82,20 @@ def reserve(host, action, *, limit: int, parent: HostJob, step: str, target: str
 
 
 def start(job: HostJob, args: list[str], files: dict[str, str] | None = None) -> None:
-    """Start ``args`` (a helper subcommand) as host job ``job``; idempotent. ``files`` ({name: text}) are
-    written 0600 in the job's directory on the host, where the command runs: what must not be in an
-    argv (the spec goes on stdin)."""
+    """Start ``args`` (a helper verb, built by ``hostops``) as host job ``job``; idempotent. ``files``
+    ({name: text}) are written 0600 in the job's directory on the host, where the command runs: what
+    must not be in an argv (the spec goes on stdin)."""
     spec = {"args": args, "callback_url": callback_url(job.host), "secret": job.host.callback_secret,
             "host": job.host_id, "files": files or {}}
     # Running before the host is asked: a fast job's pushed end must find the row running, not pending.
     if job.status == JobStatus.PENDING:
         job.start()
-    state = hostops.helper(job.host, ["job-start", "--id", str(job.id)], input=json.dumps(spec).encode(),
-                           timeout=60)
+    state = port.for_host(job.host).helper(hostops.job_start(job.id), input=json.dumps(spec).encode(), timeout=60)
     apply_state(job, state)
 
 
 def poll(job: HostJob, progress_of: Callable[[str], int | None] | None = None) -> None:
-    state = hostops.helper(job.host, ["job-status", "--id", str(job.id), "--log-offset", str(job.log_offset)],
-                           timeout=30)
+    state = port.for_host(job.host).helper(hostops.job_status(job.id, job.log_offset), timeout=30)
     apply_state(job, state, progress_of)
 
 
@@ -214,17 +213,18 @@ def abort(job: HostJob, reason: str = "aborted on request") -> None:
         job.cancel(reason)
     except InvalidTransition:
         pass
+    host = port.for_host(job.host)
     try:
-        state = hostops.helper(job.host, ["job-abort", "--id", str(job.id)], timeout=30)
+        state = host.helper(hostops.job_abort(job.id), timeout=30)
     except VolumeRefused:  # already terminal on the host
-        state = hostops.helper(job.host, ["job-status", "--id", str(job.id)], timeout=30)
+        state = host.helper(hostops.job_status(job.id), timeout=30)
     apply_state(job, state)
 
 
 def clear(job: HostJob) -> None:
     """Remove a terminal job's directory on the host (its log is in the row already)."""
     try:
-        hostops.helper(job.host, ["job-clear", "--id", str(job.id)], timeout=30)
+        port.for_host(job.host).helper(hostops.job_clear(job.id), timeout=30)
     except (HostCommandFailed, VolumeRefused, HostError) as e:
         log.info("could not clear job %s on %s: %s", job.pk, job.host, e)
 

@@ -5,7 +5,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from hostjobs import hostops, virt
+from hostjobs import hostops, port, virt
 from hostjobs.callbacks import MAX_SKEW
 from hostjobs.errors import HostError
 from hostjobs.models import CallbackNonce, Host
@@ -15,7 +15,7 @@ def check_host(host_id: int) -> dict:
     """Run the host check and keep its result on the Host (admin 'Re-check' action, host_check)."""
     host = Host.objects.get(pk=host_id)
     try:
-        info = hostops.host_info(host)
+        info = port.for_host(host).helper(hostops.host_info(host.pool_path), timeout=60)
         info["libvirt"] = bool(virt.call(host, lambda conn: conn.getLibVersion()))
         info["reachable"] = True
     except HostError as e:

@@ -20,7 +20,7 @@ import shlex
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,17 +188,9 @@ def _classify(stderr: str, target: SSHTarget) -> Exception:
     return HostUnreachable(f"cannot reach {target.user}@{target.address}:{target.port} over SSH", detail=s[-2000:])
 
 
-def run(
-    host,
-    argv: Sequence[str],
-    *,
-    input: bytes | None = None,
-    timeout: float | None = 120,
-    on_line: Callable[[str], None] | None = None,
-    check: bool = True,
-) -> subprocess.CompletedProcess:
-    """Run ``argv`` on the host. With ``on_line``, stdout+stderr are merged and streamed line by line
-    (for long jobs whose log we keep); otherwise both are captured.
+def run(host, argv: Sequence[str], *, input: bytes | None = None, timeout: float | None = 120,
+        check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``argv`` on the host; stdout and stderr are captured (as text).
 
     Raises HostKeyMismatch / HostUnreachable for ssh's own failures (exit 255) and, with ``check``,
     HostCommandFailed for a non-zero remote exit.
@@ -206,36 +198,11 @@ def run(
     target = SSHTarget.of(host).materialize()
     cmd = target.ssh_argv(argv)
     started = time.monotonic()
-    if on_line is None:
-        try:
-            proc = subprocess.run(cmd, input=input, capture_output=True, timeout=timeout)
-        except subprocess.TimeoutExpired as e:
-            raise HostCommandFailed(f"{argv[0]} on {host} timed out after {timeout:.0f}s") from e
-        out, err = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
-    else:
-        out_lines: list[str] = []
-        p = subprocess.Popen(cmd, stdin=subprocess.PIPE if input else subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        if input:
-            p.stdin.write(input)
-            p.stdin.close()
-        timer = threading.Timer(timeout, p.kill) if timeout else None
-        if timer:
-            timer.start()
-        try:
-            for raw in p.stdout:
-                line = raw.decode(errors="replace")
-                out_lines.append(line)
-                on_line(line)
-            p.wait()
-        finally:
-            if timer:
-                timer.cancel()
-        if timeout and time.monotonic() - started >= timeout:
-            raise HostCommandFailed(f"{argv[0]} on {host} timed out after {timeout:.0f}s",
-                                    detail="".join(out_lines)[-4000:])
-        out, err = "".join(out_lines), "".join(out_lines)
-        proc = subprocess.CompletedProcess(cmd, p.returncode, out, err)
+    try:
+        proc = subprocess.run(cmd, input=input, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise HostCommandFailed(f"{argv[0]} on {host} timed out after {timeout:.0f}s") from e
+    out, err = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
     log.debug("ssh %s %s -> %s in %.2fs", host, argv[0], proc.returncode, time.monotonic() - started)
     if proc.returncode == 255:
         raise _classify(err, target)

@@ -27,6 +27,11 @@ rollback included, has ended: ``HostJob.end`` done, failed, or aborted once a ca
 checks for a cancel between host calls and a waiting host job aborts its host work; either raises
 Cancelled, and the flow rolls back.
 
+The flow reaches its host only through the host's port (``hostjobs.port``, ``Context.host``): libvirt
+calls directly (``Context.host_call``, retried while the host is unreachable), storage and seal work as
+host jobs whose commands ``hostjobs.hostops`` builds (``runner`` takes the same port). A test puts a fake
+host behind the port (tests/utils/fakehost.py) and runs this flow as it is.
+
 This module reads top to bottom: run, the steps, then rollback and delete.
 """
 
@@ -39,7 +44,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 
-from hostjobs import hostops, runner, virt
+from hostjobs import hostops, port, runner
 from hostjobs.errors import DomainNotStopped, HostError, HostUnreachable, InvalidTransition, VmsealError
 from hostjobs.models import HostJob, JobAction, JobStatus
 from sealing import sysprep
@@ -80,10 +85,12 @@ class GuestRefused(StepFailed):
 
 
 class Context:
-    """What a step needs besides the template: its operation job, the lease heartbeat and the abort check."""
+    """What a step needs besides the template: its operation job, the host's port (``hostjobs.port``),
+    the lease heartbeat and the abort check."""
 
     def __init__(self, t: Template, op: HostJob, lease: Lease):
         self.t, self.op, self.lease = t, op, lease
+        self.host = port.for_host(t.host)
 
     def heartbeat(self) -> None:
         self.lease.heartbeat()
@@ -205,13 +212,13 @@ def create_template(ctx: Context) -> dict:
     """Re-check the source in the worker (the request's check may be stale), record its disks, and
     make sure the host's template pool exists. Found: the VM's UUID."""
     t = ctx.t
-    info = ctx.host_call(virt.domain_info, t.host, t.vm_name)
+    info = ctx.host_call(ctx.host.domain_info, t.vm_name)
     if not info.stopped:
         raise DomainNotStopped(f"VM {t.vm_name!r} is {info.state}: only a shut-off VM can become a template")
     writable = [d for d in info.disks if not d.readonly]
     if not writable:
         raise FlowFailed(f"VM {t.vm_name!r} has no disks to copy")
-    ctx.host_call(virt.check_sources, t.host, [info])  # the VM may have been redefined since the request
+    ctx.host_call(ctx.host.check_sources, [info])  # the VM may have been redefined since the request
     if info.problems:
         raise FlowFailed(f"VM {t.vm_name!r} cannot become a template: {'; '.join(info.problems)}")
     if not t.disks.exists():
@@ -219,7 +226,7 @@ def create_template(ctx: Context) -> dict:
             TemplateDisk(template=t, index=i, target=d.target, source_path=d.path, source_format=d.format)
             for i, d in enumerate(writable)
         )
-    ctx.host_call(virt.ensure_pool, t.host)
+    ctx.host_call(ctx.host.ensure_pool)
     return {"vm_uuid": info.uuid}
 
 
@@ -237,25 +244,17 @@ def copy_disks(ctx: Context) -> None:
             disk.save(update_fields=["volume"])
         job = ctx.host_job(
             JobAction.COPY, Phase.COPY_DISKS, f"volume:{vol.id}", f"copy {disk.target} ({disk.source_path})",
-            ["create-volume", "--pool", t.host.pool_path, "--id", str(vol.id), "--source", disk.source_path,
-             "--source-format", disk.source_format, *(["--rate-limit", str(t.host.copy_rate_limit)]
-                                                       if t.host.copy_rate_limit else [])],
+            hostops.create_volume(t.host.pool_path, vol.id, source=disk.source_path,
+                                  source_format=disk.source_format, rate_limit=t.host.copy_rate_limit or 0),
             timeout=settings.VMSEAL_COPY_TIMEOUT,
         )
         vol.mirror(job.result)
-    ctx.host_call(virt.refresh_pool, t.host)
+    ctx.host_call(ctx.host.refresh_pool)
 
 
 def assign_illegal(ctx: Context) -> None:
     for vol in _volumes(ctx.t):
         update_volume(ctx, Phase.ASSIGN_ILLEGAL, vol, legality=rules.ILLEGAL)
-
-
-def _guest_env(host) -> list[str]:
-    args = []
-    for k, v in sysprep.environment(host.guestfs_backend_settings).items():
-        args += ["--env", f"{k}={v}"]
-    return args
 
 
 def seal(ctx: Context) -> dict:
@@ -267,10 +266,6 @@ def seal(ctx: Context) -> dict:
     command = sysprep.build_command([(v.path, v.format) for v in vols], t.seal_options,
                                     prepare_script=f"{lib}/guest_prepare.sh", audit_script=f"{lib}/guest_audit.sh",
                                     report_disk=sysprep.REPORT_DISK)
-    args = ["run", "--pool", t.host.pool_path, "--report-disk", sysprep.REPORT_DISK]
-    for v in vols:
-        args += ["--writable", str(v.id)]
-    args += _guest_env(t.host)
     description = f"virt-sysprep over {len(vols)} disk(s)"
     timeout = t.host.seal_timeout or settings.VMSEAL_SEAL_TIMEOUT
     try:  # a slot first: at most host.seal_limit seals run at once on a host; the others wait here
@@ -283,7 +278,9 @@ def seal(ctx: Context) -> dict:
         raise Cancelled(ctx.op.error or CANCELLED) from None
     try:
         job = ctx.host_job(JobAction.SEAL, Phase.SEAL, f"template:{t.pk}", description,
-                           [*args, "--", *command.argv], timeout=timeout,
+                           hostops.run(command.argv, pool=t.host.pool_path, writable=[v.id for v in vols],
+                                       env=sysprep.environment(t.host.guestfs_backend_settings),
+                                       report_disk=sysprep.REPORT_DISK), timeout=timeout,
                            progress_of=sysprep.progress_of, files=command.files)
     except runner.JobFailed as e:
         job = ctx.op.children.filter(step=Phase.SEAL).order_by("-created").first()
@@ -337,9 +334,7 @@ def update_volume(ctx: Context, step: str, vol: Volume, *, legality: str | None 
     if all(getattr(vol, k) == v for k, v in want.items()):
         return
     rules.plan_update(vol.meta(), generation=vol.generation, **want)  # refuse early what the host would refuse
-    args = ["update-volume", "--pool", vol.host.pool_path, "--id", str(vol.id), "--generation", str(vol.generation)]
-    for k, v in want.items():
-        args += [f"--{k}", v]
+    args = hostops.update_volume(vol.host.pool_path, vol.id, generation=vol.generation, **want)
     job = ctx.host_job(JobAction.UPDATE_VOLUME, step, f"volume:{vol.id}",
                        " ".join(f"{k}={v}" for k, v in want.items()) + f" (gen {vol.generation})", args,
                        timeout=settings.VMSEAL_STORAGE_TIMEOUT)
@@ -398,7 +393,7 @@ def delete_volumes(t: Template, op: HostJob, step: str, label: str, lease: Lease
         if vol is None:
             continue
         try:
-            runner.run(t.host, JobAction.DELETE, ["delete-volume", "--pool", t.host.pool_path, "--id", str(vol.id)],
+            runner.run(t.host, JobAction.DELETE, hostops.delete_volume(t.host.pool_path, vol.id),
                        parent=op, step=step, target=f"volume:{vol.id}", description=f"{label} {disk.target}",
                        timeout=settings.VMSEAL_STORAGE_TIMEOUT, heartbeat=lease.heartbeat)
         except HostError as e:
@@ -409,7 +404,7 @@ def delete_volumes(t: Template, op: HostJob, step: str, label: str, lease: Lease
         disk.save(update_fields=["volume"])
         vol.delete()
     try:
-        virt.refresh_pool(t.host)
+        port.for_host(t.host).refresh_pool()
     except HostError:
         pass
     return leftovers
@@ -440,6 +435,6 @@ def _volumes(t: Template) -> list[Volume]:
 
 def _ensure_source_stopped(ctx: Context) -> None:
     t = ctx.t
-    info = ctx.host_call(virt.domain_info, t.host, t.vm_name)
+    info = ctx.host_call(ctx.host.domain_info, t.vm_name)
     if not info.stopped:
         raise DomainNotStopped(f"VM {t.vm_name!r} is {info.state}: it must stay shut off while its disks are copied")

@@ -9,7 +9,7 @@ from django.db import IntegrityError, transaction
 from django_q.tasks import async_task
 from rest_framework import serializers
 
-from hostjobs import hostops, virt
+from hostjobs import hostops, port, virt
 from hostjobs.errors import DomainNotFound, HostError, InvalidTransition
 from hostjobs.models import HostJob, JobAction
 from templates.models import Template
@@ -25,7 +25,7 @@ class Refused(Exception):
 
 def validate_source(host, vm_name: str) -> virt.DomainInfo:
     try:
-        info = virt.domain_info(host, vm_name)
+        info = port.for_host(host).domain_info(vm_name)
     except DomainNotFound:
         raise Refused("vm", f"no VM named {vm_name!r} on host {host.name}", "vm_not_found") from None
     except HostError as e:
@@ -36,7 +36,7 @@ def validate_source(host, vm_name: str) -> virt.DomainInfo:
     if not [d for d in info.disks if not d.readonly]:
         raise Refused("vm", f"VM {vm_name!r} has no disks", "vm_without_disks")
     try:
-        virt.check_sources(host, [info])
+        port.for_host(host).check_sources([info])
     except HostError as e:
         raise Refused("host", f"host {host.name} cannot be used: {e}", e.code, status=400) from None
     if info.problems:
@@ -51,7 +51,7 @@ def check_seal_options(host, opts: dict) -> None:
         return
     if not host.sysprep_operations:
         try:
-            host.sysprep_operations = hostops.sysprep_operations(host)
+            host.sysprep_operations = port.for_host(host).helper(hostops.sysprep_operations(), timeout=60)["operations"]
         except HostError as e:
             raise Refused("host", f"host {host.name} cannot be used: {e}", e.code) from None
         host.save(update_fields=["sysprep_operations"])

@@ -91,9 +91,6 @@ class TemplateListSerializer(serializers.ModelSerializer):
     def get_audit_passed(self, obj) -> bool | None:
         return (obj.audit or {}).get("passed")
 
-    def get_disk_count(self, obj) -> int:
-        return obj.n_disks or 0
-
 
 LIST_FIELDS = ("id", "name", "description", "host_id", "vm_name", "seal", "status", "phase", "sealed", "guest_os",
                "error", "job_id", "created", "updated")

@@ -26,7 +26,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from hostjobs import hostops, runner
+from hostjobs import hostops, port, runner
 from hostjobs.errors import VmsealError
 from hostjobs.models import HostJob, JobAction, JobStatus
 from volumes.models import Legality, UnknownVolume, Volume
@@ -121,7 +121,7 @@ def scan(host, *, busy: Callable[[], set[str]] = set) -> tuple[Report, dict[str,
     """Ask the host for its pool, then read the rows (in this order: a volume the host has was
     recorded before its files were made, so the host's list never runs ahead of the rows). ``busy``
     is asked once the host has answered."""
-    result = hostops.pool_scan(host)
+    result = port.for_host(host).helper(hostops.pool_scan(host.pool_path), timeout=120)
     busy_ids = busy()
     rows = {str(v.pk): row_state(v) for v in Volume.objects.filter(host=host)}
     on_host = {v["id"] for v in result.get("volumes", [])} - set(rows)
@@ -173,7 +173,8 @@ def remove_unknown(unknown: UnknownVolume, *, reason: str, by: str) -> HostJob |
     if Volume.objects.filter(pk=vol_id).exists():
         unknown.delete()
         raise RemovalRefused(f"volume {vol_id} is known to vmseal now: it is not removed")
-    if not any(v["id"] == vol_id for v in hostops.pool_scan(host).get("volumes", [])):
+    scanned = port.for_host(host).helper(hostops.pool_scan(host.pool_path), timeout=120)
+    if not any(v["id"] == vol_id for v in scanned.get("volumes", [])):
         unknown.delete()
         return None
     log.warning("host %s: removing unknown volume %s (%s) by %s: %s", host, vol_id, ", ".join(unknown.files), by,
@@ -182,7 +183,7 @@ def remove_unknown(unknown: UnknownVolume, *, reason: str, by: str) -> HostJob |
     job = HostJob.create(host, JobAction.DELETE, target=f"volume:{vol_id}",
                          description=f"remove unknown volume, by {by}: {reason}"[:255],
                          deadline=timezone.now() + timedelta(seconds=timeout))
-    args = ["delete-volume", "--pool", host.pool_path, "--id", vol_id]
+    args = hostops.delete_volume(host.pool_path, vol_id)
     runner.start(job, args)
     runner.wait(job, restart=lambda: runner.start(job, args))
     job.refresh_from_db()

@@ -2,7 +2,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from hostjobs import hostops, virt
+from hostjobs import hostops, port, virt
 from hostjobs.errors import HostError
 from hostjobs.models import Host
 
@@ -19,7 +19,7 @@ class Command(BaseCommand):
         if h is None:
             raise CommandError(f"no host {host!r}")
         try:
-            info = hostops.host_info(h)
+            info = port.for_host(h).helper(hostops.host_info(h.pool_path), timeout=60)
             info["libvirt_uri_ok"] = bool(virt.call(h, lambda conn: conn.getLibVersion()))
         except HostError as e:
             raise CommandError(f"{h.name}: {e.code}: {e}") from None
