@@ -1,0 +1,220 @@
+"""An in-process fake of one hypervisor host, behind the app's host port (``hostjobs.port``).
+
+It speaks the helper's protocol as ``hooks/vmseal_host.py`` does: every call's arguments are parsed by
+the helper's own parser (a builder in ``hostops`` that the helper would refuse fails here too), job-start
+answers running, job-status reports running, then done or failed with a result, a log and an exit
+code, job-abort stops a running job, job-clear removes an ended one, refusals are VolumeRefused with the
+helper's codes, and volume metadata changes by the same volume rules (``volumes.rules``). libvirt's side
+is a VM (``domain``) and a pool. Nothing runs: a job's work is done, at once, on its first job-status.
+
+Knobs a test sets:
+    domain              the VM the flow reads (state, disks)
+    seal_fails(log, exit_code, result)   the next ``run`` jobs fail so
+    undeletable         volume ids whose delete-volume fails (``ALL``: every volume)
+    unreachable         the next N calls raise HostUnreachable
+    when(name, fn)      call ``fn(args)`` when a verb (or a libvirt call: "domain_info", ...) arrives,
+                        before it is answered (e.g. a cancel landing in a given step)
+What it was asked: ``calls`` (every verb's argv, libvirt calls by name), ``started(verb)`` (the parsed
+arguments of the jobs started with that verb), ``aborted`` (job ids), ``volumes`` (id: metadata).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from hostjobs.errors import HostCommandFailed, HostUnreachable, VolumeRefused
+from hostjobs.port import HostPort
+from hostjobs.virt import Disk, DomainInfo, declared_problems
+from volumes import rules
+
+sys.modules.setdefault("vmseal_rules", rules)  # what the helper imports on a host (the same file)
+from hooks import vmseal_host as helper  # noqa: E402
+
+ALL = object()
+GUEST_LOG = ('[   1.0] Performing "customize" ...\n'
+             'vmseal-guest {"id": "debian", "version_id": "12", "pretty_name": "Debian GNU/Linux 12 (bookworm)"}\n')
+POOL_FULL_MESSAGE = "the template pool /var/lib/vmseal/templates on this host is full: virt-sysprep was stopped"
+
+
+class Refused(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class FakeHost(HostPort):
+    def __init__(self, host=None, *, disks: int = 2):
+        super().__init__(host)
+        self.domain = DomainInfo("vm", "8f7c8a3e-0000-4000-8000-000000000001", "shut off",
+                                 [Disk(f"vd{chr(97 + i)}", f"/var/lib/libvirt/images/vm-{i}.qcow2", "qcow2")
+                                  for i in range(disks)])
+        self.volumes: dict[str, dict] = {}
+        self.jobs: dict[str, dict] = {}
+        self.calls: list[list[str]] = []
+        self.aborted: list[str] = []
+        self.undeletable: set[str] | object = set()
+        self.unreachable = 0
+        self.pool_exists = False
+        self._seal_failure: dict | None = None
+        self._hooks: dict[str, list] = {}
+        self._started: list = []
+
+    # -- knobs ------------------------------------------------------------------------------------
+    def seal_fails(self, log: str, exit_code: int = 1, result: dict | None = None) -> None:
+        self._seal_failure = {"log": log, "exit_code": exit_code, "result": result}
+
+    def when(self, name: str, fn) -> None:
+        self._hooks.setdefault(name, []).append(fn)
+
+    def started(self, verb: str) -> list:
+        """The parsed arguments of every job started with ``verb``, in order (cleared ones too)."""
+        return [a for a in self._started if a.cmd == verb]
+
+    # -- the port ---------------------------------------------------------------------------------
+    def _arrive(self, name: str, args) -> None:
+        if self.unreachable > 0:
+            self.unreachable -= 1
+            raise HostUnreachable(f"cannot reach fake host ({name})")
+        for fn in self._hooks.get(name, []):
+            fn(args)
+
+    def helper(self, args, *, timeout=600, input=None):
+        args = list(args)
+        self.calls.append(args)
+        self._arrive(args[0], args)
+        a = helper.parser().parse_args(args)  # the helper's own parser: a bad argv raises SystemExit
+        try:
+            return getattr(self, "_" + a.cmd.replace("-", "_"))(a, input)
+        except Refused as e:
+            raise VolumeRefused(str(e), detail=e.code) from None
+
+    def domain_info(self, name):
+        self.calls.append(["domain_info", name])
+        self._arrive("domain_info", name)
+        return DomainInfo(self.domain.name, self.domain.uuid, self.domain.state, list(self.domain.disks))
+
+    def check_sources(self, domains):
+        self.calls.append(["check_sources"])
+        self._arrive("check_sources", domains)
+        for d in domains:
+            d.problems = declared_problems(d.disks)
+
+    def list_domains(self, *, stopped_only=False):
+        return [] if stopped_only and not self.domain.stopped else [self.domain_info(self.domain.name)]
+
+    def ensure_pool(self):
+        self.calls.append(["ensure_pool"])
+        self._arrive("ensure_pool", None)
+        self.pool_exists = True
+
+    def refresh_pool(self):
+        self.calls.append(["refresh_pool"])
+        self._arrive("refresh_pool", None)
+
+    # -- job verbs --------------------------------------------------------------------------------
+    def _job_start(self, a, stdin):
+        spec = json.loads(stdin)
+        parsed = helper.parser().parse_args(spec["args"])
+        if a.id not in self.jobs:  # starting a job twice never runs it twice
+            self._started.append(parsed)
+            self.jobs[a.id] = {"id": a.id, "status": "running", "progress": 0, "spec": spec, "log": "",
+                               "result": None, "exit_code": None, "error": ""}
+            self._arrive("job:" + spec["args"][0], spec["args"])
+        return self._state(a.id)
+
+    def _job_status(self, a, _):
+        job = self._job(a.id)
+        if job["status"] == "running":
+            self._work(job)
+        return self._state(a.id, a.log_offset)
+
+    def _job_abort(self, a, _):
+        job = self._job(a.id)
+        if job["status"] in helper.TERMINAL:
+            raise Refused("job_terminal", f"job {a.id} is {job['status']}: it cannot be aborted")
+        job.update(status="aborted", error="aborted on request")
+        self.aborted.append(a.id)
+        return self._state(a.id)
+
+    def _job_clear(self, a, _):
+        job = self.jobs.get(a.id)
+        if job is None:
+            return {"id": a.id, "cleared": False}
+        if job["status"] not in helper.TERMINAL:
+            raise Refused("job_running", f"job {a.id} is not terminal: it cannot be cleared")
+        del self.jobs[a.id]
+        return {"id": a.id, "cleared": True}
+
+    def _job(self, job_id):
+        if job_id not in self.jobs:
+            raise Refused("no_such_job", f"this host has no job {job_id}")
+        return self.jobs[job_id]
+
+    def _state(self, job_id, log_offset=0):
+        job = self.jobs[job_id]
+        out = {k: job[k] for k in ("id", "status", "progress", "result", "exit_code", "error")}
+        return {**out, "log": job["log"][log_offset:], "log_offset": len(job["log"])}
+
+    def _work(self, job):
+        """The job's command, as the host's runner would have run it: its log, result and end."""
+        args = job["spec"]["args"]
+        a = helper.parser().parse_args(args)
+        try:
+            result, log, rc = self._run_verb(a)
+        except (Refused, rules.RuleError) as e:
+            result, log, rc = {"error": getattr(e, "code", "refused"), "message": str(e)}, "", 3
+        except HostCommandFailed as e:
+            result, log, rc = {"error": "failed", "message": str(e)}, "", 1
+        code = result.pop("_exit", rc) if isinstance(result, dict) else rc
+        job["log"] += log + json.dumps(result) + "\n"
+        if code == 0:
+            job.update(status="done", result=result, exit_code=0, progress=100)
+        else:
+            job.update(status="failed", result=result, exit_code=code,
+                       error=result.get("message") or f"exit status {result.get('exit_code', code)}")
+
+    def _run_verb(self, a):
+        if a.cmd == "create-volume":
+            meta = {"id": a.id, "type": rules.LEAF, "legality": rules.LEGAL, "generation": 0, "parent": None,
+                    "format": "qcow2"}
+            self.volumes[a.id] = meta
+            return {**meta, "virtual_size": 1 << 30, "actual_size": 1 << 20, "path": f"{a.pool}/{a.id}.qcow2"}, "", 0
+        if a.cmd == "update-volume":
+            meta = self._meta(a.id)
+            new = rules.plan_update(meta, generation=a.generation, legality=a.legality, type=a.type)
+            self.volumes[a.id] = new
+            return {**new, "path": f"{a.pool}/{a.id}.qcow2"}, "", 0
+        if a.cmd == "delete-volume":
+            meta = self.volumes.get(a.id)
+            if meta and meta["legality"] != rules.ILLEGAL:  # marked first, as the helper does
+                self.volumes[a.id] = dict(meta, legality=rules.ILLEGAL,
+                                          generation=rules.next_generation(meta["generation"]))
+            if self.undeletable is ALL or a.id in self.undeletable:
+                raise HostCommandFailed(f"PermissionError: [Errno 1] Operation not permitted: '{a.pool}/{a.id}.qcow2'")
+            self.volumes.pop(a.id, None)
+            return {"id": a.id, "deleted": True}, "", 0
+        if a.cmd == "run":
+            for vol_id in a.writable:
+                rules.check_writable(self._meta(vol_id))
+            argv = a.argv[1:] if a.argv[:1] == ["--"] else a.argv
+            log = "$ " + " ".join(argv) + "\n"
+            if self._seal_failure:
+                f = self._seal_failure
+                return dict(f["result"] or {"exit_code": f["exit_code"]}, _exit=f["exit_code"]), log + f["log"], 1
+            return {"exit_code": 0}, log + GUEST_LOG, 0
+        raise AssertionError(f"the fake host does not run {a.cmd} as a job")
+
+    def _meta(self, vol_id):
+        if vol_id not in self.volumes:
+            raise Refused("no_such_volume", f"no volume metadata for {vol_id}")
+        return self.volumes[vol_id]
+
+    # -- direct verbs -----------------------------------------------------------------------------
+    def _volume_info(self, a, _):
+        return {**self._meta(a.id), "path": f"{a.pool}/{a.id}.qcow2"}
+
+    def _pool_scan(self, a, _):
+        vols = [{"id": i, "meta": m, "meta_error": None, "data": True, "part": False}
+                for i, m in sorted(self.volumes.items())]
+        return {"pool": a.pool, "exists": self.pool_exists, "volumes": vols, "unknown": [], "files": []}
