@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-pytest_plugins = ["tests.fixtures.hostjobs", "tests.fixtures.sealing"]
+pytest_plugins = ["tests.fixtures.testhosts", "tests.fixtures.services", "tests.fixtures.api"]
 
 
 def _remove_sqlite_test_db():

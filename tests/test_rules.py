@@ -344,7 +344,7 @@ def _run_script(script, guest, *argv, chroot=False):
 @pytest.fixture
 def guest_tree(tmp_path):
     """A guest's files as guestdisk.py plants them (every identity item present), as a directory."""
-    from tests.fixtures.hostjobs import guestdisk
+    from tests.fixtures.testhosts import guestdisk
 
     root = tmp_path / "guest"
     guestdisk._write_root(root, {**guestdisk.BASE_FILES, **guestdisk.IDENTITY, "/etc/fstab": ""})
@@ -363,7 +363,7 @@ def test_the_guard_script_accepts_linux_and_scrubs_mac_pinning(guest_tree):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
 def test_the_guard_script_refuses_windows_and_unknown_systems(tmp_path):
-    from tests.fixtures.hostjobs import guestdisk
+    from tests.fixtures.testhosts import guestdisk
 
     for name, dirs in (("win", ["Windows/System32"]), ("other", ["etc"])):
         root = tmp_path / name
