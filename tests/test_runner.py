@@ -5,12 +5,11 @@ import pytest
 
 
 @pytest.mark.django_db
-def test_a_host_slot_is_reserved_only_below_the_limit_and_freed_by_the_job_ending(settings):
+def test_a_host_slot_is_reserved_only_below_the_limit_and_freed_by_the_job_ending(settings, host):
     from hostjobs import runner
-    from hostjobs.models import Host, HostJob, JobAction
+    from hostjobs.models import HostJob, JobAction
 
     settings.VMSEAL_MAX_PARALLEL_SEALS = 1
-    host = Host.objects.create(name="h", address="10.211.0.99", host_key="ssh-ed25519 AAAA")
     assert host.seal_limit == 1
     ops = [HostJob.create(host, JobAction.CREATE_TEMPLATE) for _ in range(2)]
 

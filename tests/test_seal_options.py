@@ -75,13 +75,12 @@ def test_accepted_options_make_a_command_the_kernel_can_exec(data):
     ("operations_add", [f"op{i}" for i in range(65)]),
 ])
 @pytest.mark.django_db
-def test_oversized_options_are_a_400_naming_the_field_before_any_host_contact(admin_client, field, value):
-    from hostjobs.models import Host, HostJob
+def test_oversized_options_are_a_400_naming_the_field_before_any_host_contact(admin_client, host, field, value):
+    from hostjobs.models import HostJob
     from templates.models import IdempotencyKey, Template
 
     # the host's key is unusable: a request that passed validation would be refused naming "host"
-    h = Host.objects.create(name="h", address="10.211.0.254", host_key="ssh-ed25519 AAAA")
-    r = admin_client.post("/api/templates/", {"name": "t", "host": h.pk, "vm": "v", "seal": True,
+    r = admin_client.post("/api/templates/", {"name": "t", "host": host.pk, "vm": "v", "seal": True,
                                               "seal_options": {field: value}}, content_type="application/json")
     assert r.status_code == 400, r.content[:300]
     assert list(r.json()) == ["seal_options"], r.content[:300]

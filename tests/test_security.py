@@ -6,9 +6,11 @@ name raced) is in test_e2e_security.py, against a real test host."""
 
 import pytest
 
+from tests.fixtures.hostjobs import KEY
+from tests.fixtures.templates import create_template
+
 pytestmark = pytest.mark.security
 
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHYxXA9dCvPrHMuXWbnnUMW7yDpDlHgZ1aqYjakW6cwK"
 HOSTILE = [
     "x'; touch /tmp/vmseal-pwned-1; echo '",
     'x"; touch /tmp/vmseal-pwned-2; echo "',
@@ -21,15 +23,6 @@ HOSTILE = [
     "nul\x00byte",
     "\u202eevil\u202d unicode",
 ]
-
-
-@pytest.fixture
-def host(db):
-    from hostjobs.models import Host
-
-    # A key that cannot be pinned: a request that passes validation is refused when it would first
-    # contact the host ("pinned host key is not usable"), before any row or file exists.
-    return Host.objects.create(name="h", address="10.211.0.254", host_key="ssh-ed25519 AAAA")
 
 
 def snapshot():
@@ -96,13 +89,12 @@ def _user(django_user_model, name, *perms, staff=False):
 
 
 @pytest.mark.django_db
-def test_each_access_level_sees_exactly_what_its_permissions_allow(client, django_user_model, host):
-    from hostjobs.models import HostJob, JobAction
+def test_each_access_level_sees_exactly_what_its_permissions_allow(client, django_user_model, host, operation,
+                                                                    template):
+    from hostjobs.models import HostJob
     from templates.models import Template
 
-    op = HostJob.create(host, JobAction.CREATE_TEMPLATE)
-    op.start()
-    t = Template.objects.create(name="existing", host=host, vm_name="v", status="ok", phase="DONE", job=None)
+    op, t = operation, template
     levels = {
         "anonymous": None,
         "reader": _user(django_user_model, "reader"),  # authenticated, no permissions: reads only
@@ -240,13 +232,9 @@ def test_template_creation_is_throttled_per_user(admin_client, host, monkeypatch
 
 # -- concurrency -----------------------------------------------------------------------------------------
 @pytest.mark.django_db
-def test_deleting_a_template_while_its_job_runs_is_refused(admin_client, host):
-    from hostjobs.models import HostJob, JobAction
-    from templates.models import Template
-
-    op = HostJob.create(host, JobAction.CREATE_TEMPLATE)
-    op.start()
-    t = Template.objects.create(name="busy", host=host, vm_name="v", status="locked", phase="SEAL", job=op)
+def test_deleting_a_template_while_its_job_runs_is_refused(admin_client, host, operation):
+    op = operation
+    t = create_template(host, "busy", status="locked", phase="SEAL", job=op)
     before = snapshot()
     r = admin_client.delete(f"/api/templates/{t.pk}/")
     assert r.status_code == 409
