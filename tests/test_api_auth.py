@@ -3,6 +3,8 @@
 import pytest
 from django.core.management import call_command
 
+from tests.utils.users import user_with
+
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("path", ["/api/templates/", "/api/hosts/", "/api/jobs/", "/api/volumes/", "/api/schema/",
@@ -13,8 +15,8 @@ def test_anonymous_requests_are_refused(client, path):
 
 
 @pytest.mark.django_db
-def test_the_schema_and_its_ui_answer_authenticated_users(client, django_user_model):
-    django_user_model.objects.create_user("reader", password="reader-pass-1")
+def test_the_schema_and_its_ui_answer_authenticated_users(client):
+    user_with("reader")
     client.login(username="reader", password="reader-pass-1")
     assert client.get("/api/schema/?format=json").json()["info"]["title"] == "vmseal API"
     assert "swagger-ui" in client.get("/api/docs/").content.decode()
@@ -41,9 +43,9 @@ def test_drf_create_token_works_with_token_header(client, django_user_model, cap
 
 
 @pytest.mark.django_db
-def test_reading_is_not_writing(client, django_user_model):
+def test_reading_is_not_writing(client):
     """An authenticated user without model permissions can read but not create."""
-    django_user_model.objects.create_user("reader", password="reader-pass-1")
+    user_with("reader")
     client.login(username="reader", password="reader-pass-1")
     assert client.get("/api/templates/").status_code == 200
     r = client.post("/api/hosts/", {"name": "h", "address": "10.211.0.99", "host_key": "x"},
@@ -115,14 +117,10 @@ def test_new_template_form_shows_seal_option_errors(admin_client, host):
 
 
 @pytest.mark.django_db
-def test_sealing_needs_its_own_permission(client, django_user_model, host):
-    from django.contrib.auth.models import Permission
-
+def test_sealing_needs_its_own_permission(client, host):
     from templates.models import Template
 
-    user = django_user_model.objects.create_user("maker", password="maker-pass-1")
-    user.user_permissions.add(Permission.objects.get(codename="add_template"))
-    client.force_login(user)
+    client.force_login(user_with("maker", "add_template"))
     r = client.post("/api/templates/", {"name": "t", "host": host.pk, "vm": "v", "seal": True},
                     content_type="application/json")
     assert r.status_code == 403

@@ -9,6 +9,7 @@ import pytest
 
 from hostjobs.callbacks import sign
 from hostjobs.models import CallbackNonce, Host, HostJob, JobAction
+from tests.utils.users import user_with
 
 
 @pytest.fixture
@@ -129,8 +130,8 @@ def test_the_secret_is_never_in_the_api(admin_client, hosts):
     assert "callback_secret" not in body
 
 
-def test_cancel_api(admin_client, hosts, running_job, django_user_model, client):
-    reader = django_user_model.objects.create_user("reader", password="reader-pass-1")
+def test_cancel_api(admin_client, hosts, running_job, client):
+    reader = user_with("reader")
     client.force_login(reader)
     assert client.post(f"/api/jobs/{running_job.pk}/cancel/").status_code == 403
     assert status(running_job) == "running"

@@ -39,13 +39,6 @@ def hj(test_host, qcluster, callback_server, django_db_blocker):
                 transport.close(h)
 
 
-@pytest.fixture
-def dbx(django_db_blocker):
-    """DB access that is not rolled back: the qcluster and callback server see what the test wrote."""
-    with django_db_blocker.unblock():
-        yield
-
-
 def request(ns, host, name, vm, seal=True):
     r = ns.api.post("/api/templates/", {"name": name, "host": host.pk, "vm": vm, "seal": seal}, format="json")
     assert r.status_code == 202, r.content

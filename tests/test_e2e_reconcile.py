@@ -45,12 +45,6 @@ def rc(test_host, qcluster, callback_server, django_db_blocker):
             transport.close(host)
 
 
-@pytest.fixture
-def dbx(django_db_blocker):
-    with django_db_blocker.unblock():
-        yield
-
-
 def volume_of(name):
     from volumes.models import Volume
 
