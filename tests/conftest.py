@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-pytest_plugins = ["tests.fixtures.hostjobs", "tests.fixtures.sealing"]
+pytest_plugins = ["tests.fixtures.testhosts", "tests.fixtures.services", "tests.fixtures.api",
+                  "tests.fixtures.hostjobs", "tests.fixtures.volumes", "tests.fixtures.templates"]
 
 
 def _remove_sqlite_test_db():

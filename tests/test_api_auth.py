@@ -3,6 +3,8 @@
 import pytest
 from django.core.management import call_command
 
+from tests.utils.users import user_with
+
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("path", ["/api/templates/", "/api/hosts/", "/api/jobs/", "/api/volumes/", "/api/schema/",
@@ -13,8 +15,8 @@ def test_anonymous_requests_are_refused(client, path):
 
 
 @pytest.mark.django_db
-def test_the_schema_and_its_ui_answer_authenticated_users(client, django_user_model):
-    django_user_model.objects.create_user("reader", password="reader-pass-1")
+def test_the_schema_and_its_ui_answer_authenticated_users(client):
+    user_with("reader")
     client.login(username="reader", password="reader-pass-1")
     assert client.get("/api/schema/?format=json").json()["info"]["title"] == "vmseal API"
     assert "swagger-ui" in client.get("/api/docs/").content.decode()
@@ -41,9 +43,9 @@ def test_drf_create_token_works_with_token_header(client, django_user_model, cap
 
 
 @pytest.mark.django_db
-def test_reading_is_not_writing(client, django_user_model):
+def test_reading_is_not_writing(client):
     """An authenticated user without model permissions can read but not create."""
-    django_user_model.objects.create_user("reader", password="reader-pass-1")
+    user_with("reader")
     client.login(username="reader", password="reader-pass-1")
     assert client.get("/api/templates/").status_code == 200
     r = client.post("/api/hosts/", {"name": "h", "address": "10.211.0.99", "host_key": "x"},
@@ -72,12 +74,11 @@ def test_vmseal_pubkey_prints_the_app_key(capsys):
 
 
 @pytest.mark.django_db
-def test_invalid_seal_options_are_refused_with_the_field_before_any_host_contact(admin_client):
-    from hostjobs.models import Host
+def test_invalid_seal_options_are_refused_with_the_field_before_any_host_contact(admin_client, host):
     from templates.models import Template
 
     # an address nobody answers on: a refusal that needed the host would fail differently
-    h = Host.objects.create(name="h", address="10.211.0.254", host_key="ssh-ed25519 AAAA")
+    h = host
     for options, field in (({"hostname": "a b"}, "hostname"), ({"timezone": "Nowhere/Land"}, "timezone"),
                            ({"root_password": "x"}, "root_password"), ({"hostnme": "web"}, "hostnme")):
         r = admin_client.post("/api/templates/", {"name": "t", "host": h.pk, "vm": "v", "seal": True,
@@ -92,21 +93,17 @@ def test_invalid_seal_options_are_refused_with_the_field_before_any_host_contact
 
 
 @pytest.mark.django_db
-def test_a_host_with_an_unusable_pinned_key_is_a_clear_refusal(admin_client):
-    from hostjobs.models import Host
-
-    h = Host.objects.create(name="h", address="10.211.0.254", host_key="ssh-ed25519 AAAA")
-    r = admin_client.post("/api/templates/", {"name": "t", "host": h.pk, "vm": "v"}, content_type="application/json")
+def test_a_host_with_an_unusable_pinned_key_is_a_clear_refusal(admin_client, host):
+    r = admin_client.post("/api/templates/", {"name": "t", "host": host.pk, "vm": "v"}, content_type="application/json")
     assert r.status_code == 400
     assert "pinned host key is not usable" in r.json()["host"][0]
 
 
 @pytest.mark.django_db
-def test_new_template_form_shows_seal_option_errors(admin_client):
-    from hostjobs.models import Host
+def test_new_template_form_shows_seal_option_errors(admin_client, host):
     from templates.models import Template
 
-    h = Host.objects.create(name="h", address="10.211.0.254", host_key="ssh-ed25519 AAAA")
+    h = host
     page = admin_client.get("/admin/templates/template/add/").content.decode()
     for field in ("hostname", "timezone", "root_password", "ssh_key", "firstboot_commands", "operations_add"):
         assert f'name="{field}"' in page
@@ -120,17 +117,11 @@ def test_new_template_form_shows_seal_option_errors(admin_client):
 
 
 @pytest.mark.django_db
-def test_sealing_needs_its_own_permission(client, django_user_model):
-    from django.contrib.auth.models import Permission
-
-    from hostjobs.models import Host
+def test_sealing_needs_its_own_permission(client, host):
     from templates.models import Template
 
-    user = django_user_model.objects.create_user("maker", password="maker-pass-1")
-    user.user_permissions.add(Permission.objects.get(codename="add_template"))
-    client.force_login(user)
-    h = Host.objects.create(name="h", address="10.211.0.254", host_key="ssh-ed25519 AAAA")
-    r = client.post("/api/templates/", {"name": "t", "host": h.pk, "vm": "v", "seal": True},
+    client.force_login(user_with("maker", "add_template"))
+    r = client.post("/api/templates/", {"name": "t", "host": host.pk, "vm": "v", "seal": True},
                     content_type="application/json")
     assert r.status_code == 403
     assert "seal" in r.json()["detail"]

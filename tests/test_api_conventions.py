@@ -5,34 +5,28 @@ import json
 
 import pytest
 
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHYxXA9dCvPrHMuXWbnnUMW7yDpDlHgZ1aqYjakW6cwK"
+from tests.fixtures.templates import create_template
 
 
 @pytest.fixture
-def data(db):
-    from hostjobs.models import Host, HostJob, JobAction
-    from templates.models import Template, TemplateDisk
-    from volumes.models import Volume
+def data(host, other_host):
+    """Seven templates on two hosts (web-1, 3, 5 on ``host``), each with a disk on its own volume, its create
+    operation done and a seal job under it; web-5 and web-6 still locked in SEAL."""
+    from hostjobs.models import HostJob, JobAction
 
-    h1 = Host.objects.create(name="h1", address="10.211.0.61", host_key=KEY)
-    h2 = Host.objects.create(name="h2", address="10.211.0.62", host_key=KEY)
     out = []
     for i in range(7):
-        host = h1 if i % 2 else h2
-        op = HostJob.create(host, JobAction.CREATE_TEMPLATE, target=f"template:{i}")
+        on = host if i % 2 else other_host
+        op = HostJob.create(on, JobAction.CREATE_TEMPLATE, target=f"template:{i}")
         op.start()
         op.end("done")
-        t = Template.objects.create(name=f"web-{i}", host=host, vm_name=f"vm{i}", seal=i % 3 == 0,
-                                    sealed=i % 3 == 0, status="ok" if i < 5 else "locked",
-                                    phase="DONE" if i < 5 else "SEAL", job=op)
-        v = Volume.objects.create(host=host, type="SHARED", legality="LEGAL", generation=2, size=1 << 26)
-        TemplateDisk.objects.create(template=t, index=0, target="vda", source_path="/x", source_format="qcow2",
-                                    volume=v)
-        child = HostJob.create(host, JobAction.SEAL, parent=op, target=f"template:{t.pk}")
+        t = create_template(on, f"web-{i}", disks=1, vm_name=f"vm{i}", seal=i % 3 == 0, sealed=i % 3 == 0,
+                            status="ok" if i < 5 else "locked", phase="DONE" if i < 5 else "SEAL", job=op)
+        child = HostJob.create(on, JobAction.SEAL, parent=op, target=f"template:{t.pk}")
         child.start()
         child.end("done")
         out.append(t)
-    return h1, h2, out
+    return host, other_host, out
 
 
 def names(resp):
@@ -138,6 +132,6 @@ def test_template_create_command_refuses_bad_options_clearly(data):
     from django.core.management.base import CommandError
 
     with pytest.raises(CommandError, match="seal_options.timezone"):
-        call_command("template_create", "--host", "h1", "--vm", "v", "--name", "n", "--seal", "--timezone", "Mars/X")
+        call_command("template_create", "--host", "h", "--vm", "v", "--name", "n", "--seal", "--timezone", "Mars/X")
     with pytest.raises(CommandError, match="no host"):
         call_command("template_create", "--host", "nope", "--vm", "v", "--name", "n")

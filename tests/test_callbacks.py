@@ -9,21 +9,18 @@ import pytest
 
 from hostjobs.callbacks import sign
 from hostjobs.models import CallbackNonce, Host, HostJob, JobAction
-
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHYxXA9dCvPrHMuXWbnnUMW7yDpDlHgZ1aqYjakW6cwK"
-
-
-@pytest.fixture
-def hosts(db):
-    return (Host.objects.create(name="a", address="10.211.0.50", host_key=KEY),
-            Host.objects.create(name="b", address="10.211.0.51", host_key=KEY))
+from tests.utils.users import user_with
 
 
 @pytest.fixture
-def running_job(hosts):
-    job = HostJob.create(hosts[0], JobAction.COPY)
-    job.start()
-    return job
+def hosts(host, other_host):
+    return host, other_host
+
+
+@pytest.fixture
+def running_job(host_job):
+    """A running job of ``hosts[0]``."""
+    return host_job
 
 
 def post(client, payload, secret, *, ts=None, nonce=None, sig=None, body=None):
@@ -133,8 +130,8 @@ def test_the_secret_is_never_in_the_api(admin_client, hosts):
     assert "callback_secret" not in body
 
 
-def test_cancel_api(admin_client, hosts, running_job, django_user_model, client):
-    reader = django_user_model.objects.create_user("reader", password="reader-pass-1")
+def test_cancel_api(admin_client, hosts, running_job, client):
+    reader = user_with("reader")
     client.force_login(reader)
     assert client.post(f"/api/jobs/{running_job.pk}/cancel/").status_code == 403
     assert status(running_job) == "running"
@@ -180,7 +177,7 @@ def test_an_unknown_host_and_a_bad_signature_get_the_same_answer(client, hosts, 
 
 
 @pytest.mark.django_db
-def test_old_nonces_are_forgotten_by_hostjobs_own_scheduled_task():
+def test_old_nonces_are_forgotten_by_hostjobs_own_scheduled_task(host):
     from datetime import timedelta
 
     from django.utils import timezone
@@ -189,7 +186,6 @@ def test_old_nonces_are_forgotten_by_hostjobs_own_scheduled_task():
     from hostjobs.callbacks import MAX_SKEW
     from hostjobs.tasks import forget_old_nonces
 
-    host = Host.objects.create(name="n", address="10.211.0.98", host_key="ssh-ed25519 AAAA")
     old = CallbackNonce.objects.create(host=host, nonce="old")
     CallbackNonce.objects.filter(pk=old.pk).update(received=timezone.now() - timedelta(seconds=2 * MAX_SKEW + 5))
     CallbackNonce.objects.create(host=host, nonce="fresh")

@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from tests.fixtures.hostjobs import ROOT
-from tests.fixtures.sealing import Service, wait_jobs
+from tests.fixtures.services import Service
+from tests.utils.jobs import wait_jobs
+from tests.utils.paths import ROOT
 
 pytestmark = [
     pytest.mark.e2e,

@@ -4,6 +4,7 @@ in COPY_DISKS and in SEAL, are cells of the fault matrix: test_faults.py.)"""
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -13,34 +14,22 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.fixtures.hostjobs import ROOT
-from tests.fixtures.sealing import ensure_schedules, wait_jobs
+from tests.utils.api import add_host, superuser_api
+from tests.utils.jobs import ensure_schedules, wait_jobs
+from tests.utils.paths import ROOT
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def hj(test_host, qcluster, callback_server, django_db_blocker):
-    from django.contrib.auth.models import User
-    from rest_framework.test import APIClient
-
     from hostjobs import transport
     from hostjobs.models import Host
 
     with django_db_blocker.unblock():
-        user = User.objects.create_superuser("hj", "hj@example.test", "hj-pass-1")
-        api = APIClient()
-        api.force_authenticate(user)
-
-        def add_host(name, pool, **extra):
-            r = api.post("/api/hosts/", {"name": name, "address": test_host.address, "host_key": test_host.host_key,
-                                         "guestfs_backend_settings": "force_tcg", "pool_path": pool, **extra},
-                         format="json")
-            assert r.status_code == 201, r.content
-            return Host.objects.get(pk=r.json()["id"])
-
-        ns = SimpleNamespace(api=api, th=test_host, add_host=add_host,
-                             host=add_host("hj", "/var/lib/vmseal/hj"))
+        _, api = superuser_api("hj")
+        ns = SimpleNamespace(api=api, th=test_host, add_host=functools.partial(add_host, api, test_host),
+                             host=add_host(api, test_host, "hj", "/var/lib/vmseal/hj"))
         for vm in ("hj-link", "hj-cancel", "hj-plain"):
             test_host.define_vm(vm, "one")
         try:
@@ -48,13 +37,6 @@ def hj(test_host, qcluster, callback_server, django_db_blocker):
         finally:
             for h in Host.objects.all():
                 transport.close(h)
-
-
-@pytest.fixture
-def dbx(django_db_blocker):
-    """DB access that is not rolled back: the qcluster and callback server see what the test wrote."""
-    with django_db_blocker.unblock():
-        yield
 
 
 def request(ns, host, name, vm, seal=True):

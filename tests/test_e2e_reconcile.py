@@ -15,7 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.fixtures.sealing import ensure_schedules, wait_jobs
+from tests.utils.api import add_host, superuser_api
+from tests.utils.jobs import ensure_schedules, wait_jobs
 
 pytestmark = pytest.mark.e2e
 POOL = "/var/lib/vmseal/rc"
@@ -23,22 +24,14 @@ POOL = "/var/lib/vmseal/rc"
 
 @pytest.fixture(scope="module")
 def rc(test_host, qcluster, callback_server, django_db_blocker):
-    from django.contrib.auth.models import User
     from django.utils import timezone
     from django_q.models import Schedule
-    from rest_framework.test import APIClient
 
     from hostjobs import transport
-    from hostjobs.models import Host
 
     with django_db_blocker.unblock():
-        user = User.objects.create_superuser("rc", "rc@example.test", "rc-pass-1")
-        api = APIClient()
-        api.force_authenticate(user)
-        r = api.post("/api/hosts/", {"name": "rc", "address": test_host.address, "host_key": test_host.host_key,
-                                     "guestfs_backend_settings": "force_tcg", "pool_path": POOL}, format="json")
-        assert r.status_code == 201, r.content
-        host = Host.objects.get(pk=r.json()["id"])
+        user, api = superuser_api("rc")
+        host = add_host(api, test_host, "rc", POOL)
         disks = test_host.define_vm("rc-src", "one")
         # The periodic scan must not run between the edits below and the scan this test runs.
         ensure_schedules(due_now=())  # as the migrations made them (an earlier test's flush removes them)
@@ -50,12 +43,6 @@ def rc(test_host, qcluster, callback_server, django_db_blocker):
         finally:
             scheduled.update(next_run=next_run)
             transport.close(host)
-
-
-@pytest.fixture
-def dbx(django_db_blocker):
-    with django_db_blocker.unblock():
-        yield
 
 
 def volume_of(name):

@@ -16,7 +16,8 @@ import uuid
 
 import pytest
 
-from tests.fixtures.sealing import probe, wait_jobs
+from tests.utils.guest import probe
+from tests.utils.jobs import wait_jobs
 
 pytestmark = pytest.mark.e2e
 
@@ -45,7 +46,7 @@ HOSTILE_FILES = ["os-release", "host.nmconnection", "interfaces.d/eth9"]  # unde
 def plant_host_marker(test_host) -> dict[str, str]:
     """Files the hostile guest's symlinks point to, on the test host: a marker file per link and a marker
     directory. Returns path -> "inode sha256"."""
-    from tests.fixtures.hostjobs import guestdisk
+    from tests.fixtures.testhosts import guestdisk
 
     d = guestdisk.HOSTILE_TARGET
     test_host.exec("mkdir", "-p", f"{d}/interfaces.d")
@@ -60,7 +61,7 @@ def plant_host_marker(test_host) -> dict[str, str]:
 
 
 def host_marker_state(test_host) -> dict[str, str]:
-    from tests.fixtures.hostjobs import guestdisk
+    from tests.fixtures.testhosts import guestdisk
 
     paths = [f"{guestdisk.HOSTILE_TARGET}/{n}" for n in HOSTILE_FILES]
     out = test_host.exec("sh", "-c", 'for f in "$@"; do echo "$f $(stat -c %i "$f") $(sha256sum < "$f")"; done',

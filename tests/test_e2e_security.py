@@ -15,8 +15,9 @@ import threading
 
 import pytest
 
-from tests.fixtures.hostjobs import ROOT, TESTHOSTS, down, up
-from tests.fixtures.sealing import wait_jobs
+from tests.fixtures.testhosts import down, up
+from tests.utils.jobs import wait_jobs
+from tests.utils.paths import ROOT, TESTHOSTS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.security]
 POOL = "/var/lib/vmseal/security"
@@ -186,8 +187,7 @@ def test_a_host_whose_ssh_key_changed_is_refused_and_never_repinned(sec, django_
     name = f"vmseal-k{os.getpid()}"
     h = up(name)
     try:
-        with open(h.authorized_keys, "a") as f:
-            f.write(app_public_key() + "\n")
+        h.authorize(app_public_key())
         h.define_vm("keyvm", "one")
         api = sec["api"]
         with django_db_blocker.unblock():

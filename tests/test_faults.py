@@ -25,8 +25,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.fixtures.hostjobs import ROOT, TESTHOSTS, TestHost, down, up
-from tests.fixtures.sealing import Service, ensure_schedules
+from tests.fixtures.services import Service
+from tests.fixtures.testhosts import TestHost, down, up
+from tests.utils.api import add_host, superuser_api
+from tests.utils.jobs import ensure_schedules
+from tests.utils.paths import ROOT, TESTHOSTS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
@@ -64,9 +67,6 @@ class Cell:
 @pytest.fixture(scope="module")
 def env(test_env, qcluster, callback_server, django_db_blocker):
     """Test hosts, Host rows, VMs per cell, and our own qcluster (the cells kill and restart it)."""
-    from django.contrib.auth.models import User
-    from rest_framework.test import APIClient
-
     from hostjobs import transport
     from hostjobs.models import Host
     from hostjobs.transport import app_public_key
@@ -80,13 +80,10 @@ def env(test_env, qcluster, callback_server, django_db_blocker):
     try:
         for name in names:
             th = up(name)
-            with open(th.authorized_keys, "a") as f:
-                f.write(app_public_key() + "\n")
+            th.authorize(app_public_key())
             hosts.append(th)
         with django_db_blocker.unblock():
-            user = User.objects.create_superuser("faults", "f@example.test", "faults-pass-1")
-            api = APIClient()
-            api.force_authenticate(user)
+            _, api = superuser_api("faults")
             ensure_schedules()
             yield {"api": api, "hosts": hosts, "cluster": cluster, "cluster_env": cluster_env}
             for h in Host.objects.all():
@@ -96,13 +93,6 @@ def env(test_env, qcluster, callback_server, django_db_blocker):
         for name in names:
             down(name)
         qcluster.start()
-
-
-def _host_row(api, th: TestHost, name: str, pool: str, **extra) -> int:
-    r = api.post("/api/hosts/", {"name": name, "address": th.address, "host_key": th.host_key,
-                                 "guestfs_backend_settings": "force_tcg", "pool_path": pool, **extra}, format="json")
-    assert r.status_code == 201, r.content
-    return r.json()["id"]
 
 
 def prepare(cell: Cell, api) -> None:
@@ -118,7 +108,7 @@ def prepare(cell: Cell, api) -> None:
     extra = {"copy_rate_limit": 2 << 20} if cell.phase == "COPY_DISKS" else {}
     if (cell.fault, cell.phase) == ("pool_full", "SEAL"):
         extra["seal_timeout"] = 200  # its appliance pauses on the full pool: the host's helper must stop it first
-    cell.host_id = _host_row(api, cell.th, f"h-{cell.key}", pool, **extra)
+    cell.host_id = add_host(api, cell.th, f"h-{cell.key}", pool, **extra).pk
 
 
 def start(cell: Cell, api) -> None:
@@ -151,34 +141,6 @@ def reach_phase(cell: Cell, timeout=300) -> None:
 
 
 # -- faults ------------------------------------------------------------------------------------------------
-def _host_pids(th: TestHost, comm: str) -> list[int]:
-    out = subprocess.run(["ip", "netns", "pids", th.name], capture_output=True, text=True).stdout.split()
-    pids = []
-    for p in out:
-        try:
-            with open(f"/proc/{p}/comm") as f:
-                if f.read().strip() == comm:
-                    pids.append(int(p))
-        except OSError:
-            pass
-    return pids
-
-
-def _pids_matching(th: TestHost, needle: str) -> list[int]:
-    """This host's processes whose command line contains ``needle`` (test hosts share the machine's
-    PID namespace: only the processes in the host's network namespace are its own)."""
-    out = subprocess.run(["ip", "netns", "pids", th.name], capture_output=True, text=True).stdout.split()
-    pids = []
-    for p in out:
-        try:
-            with open(f"/proc/{p}/cmdline", "rb") as f:
-                if needle in f.read().replace(b"\0", b" ").decode(errors="replace"):
-                    pids.append(int(p))
-        except OSError:
-            pass
-    return pids
-
-
 def _kill(pids, sig=signal.SIGKILL):
     for p in pids:
         try:
@@ -195,10 +157,10 @@ def inject(cell: Cell):
     """Inject the cell's fault now; return what heals it (called after the hold), or None."""
     th, f = cell.th, cell.fault
     if f == "sshd_killed":  # the daemon and every session of it (the app's ControlMaster included)
-        _kill(_host_pids(th, "sshd"))
+        _kill(th.pids(comm="sshd"))
         return lambda: _host_up(th)
     if f == "libvirtd_killed":
-        _kill(_host_pids(th, "libvirtd"))
+        _kill(th.pids(comm="libvirtd"))
         return lambda: _host_up(th)
     if f == "link_down":
         veth = json.loads(subprocess.run([*TESTHOSTS, "info", th.name], capture_output=True, text=True,
@@ -207,7 +169,7 @@ def inject(cell: Cell):
         return lambda: subprocess.run(["ip", "link", "set", veth, "up"], check=True)
     if f == "command_killed":
         needle = "qemu-img convert" if cell.phase == "COPY_DISKS" else "virt-sysprep"
-        pids = _pids_matching(th, needle)
+        pids = th.pids(cmdline=needle)
         assert pids, f"{cell.key}: no {needle} running"
         _kill(pids)
         return None

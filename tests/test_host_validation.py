@@ -14,9 +14,10 @@ import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
+from tests.fixtures.hostjobs import KEY
+
 pytestmark = pytest.mark.security
 
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHYxXA9dCvPrHMuXWbnnUMW7yDpDlHgZ1aqYjakW6cwK"
 VALID = {"name": "hv", "address": "10.211.0.253", "port": 22, "ssh_user": "root", "host_key": KEY,
          "pool_path": "/var/lib/vmseal/templates", "guestfs_backend_settings": "", "max_parallel_seals": "",
          "seal_timeout": "", "copy_rate_limit": "", "callback_url": ""}
@@ -176,16 +177,15 @@ def test_a_stored_hostile_ssh_user_never_makes_libvirt_run_a_program(tmp_path, s
 
 
 @pytest.fixture
-def busy(stored):
-    """The stored host with a template, one of its volumes and the template's job."""
-    from hostjobs.models import HostJob, JobAction
-    from templates.models import Template
-    from volumes.models import Volume
-
-    job = HostJob.create(stored, JobAction.CREATE_TEMPLATE)
-    Template.objects.create(name="t", host=stored, vm_name="v", status="ok", phase="DONE", job=job)
-    Volume.objects.create(host=stored)
+def host(stored):
+    """The shared model fixtures (a template with its volumes) on the stored host."""
     return stored
+
+
+@pytest.fixture
+def busy(template_with_volumes):
+    """The stored host with a template, one of its volumes and the template's job."""
+    return template_with_volumes.host
 
 
 @pytest.mark.django_db

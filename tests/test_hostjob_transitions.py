@@ -6,12 +6,7 @@ import pytest
 
 from hostjobs import runner
 from hostjobs.errors import InvalidTransition, NotCancellable
-from hostjobs.models import Host, HostJob, JobAction, JobStatus
-
-
-@pytest.fixture
-def host(db):
-    return Host.objects.create(name="h", address="10.211.0.99", host_key="ssh-ed25519 AAAA")
+from hostjobs.models import HostJob, JobAction, JobStatus
 
 
 def job_in(host, status, action=JobAction.COPY):

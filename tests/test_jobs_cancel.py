@@ -5,17 +5,14 @@ cancel happen before any host work."""
 
 import pytest
 
-from hostjobs.models import Host, HostJob, JobAction
+from hostjobs.models import HostJob, JobAction
 from sealing import service
 from templates.models import Template
 
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHYxXA9dCvPrHMuXWbnnUMW7yDpDlHgZ1aqYjakW6cwK"
-
 
 @pytest.fixture
-def delete_op(db):
-    host = Host.objects.create(name="h", address="10.211.0.252", host_key=KEY)
-    t = Template.objects.create(name="t", host=host, vm_name="v", status="ok", phase="DONE")
+def delete_op(template):
+    t = template
     op = service.request_delete(t)  # pending; the flow is enqueued on commit (never, in this test)
     return t, op
 
@@ -60,12 +57,10 @@ def test_a_create_operation_can_still_be_cancelled(admin_client, delete_op):
     assert HostJob.objects.get(pk=op.pk).status == "aborted"
 
 
-def test_a_source_vm_that_starts_cancels_its_operation_once(delete_op):
+def test_a_source_vm_that_starts_cancels_its_operation_once(host, delete_op):
     from hostjobs.models import Host
     from sealing import signals
 
-    t, _ = delete_op
-    host = Host.objects.get(pk=t.host_id)
     op = HostJob.create(host, JobAction.CREATE_TEMPLATE)
     op.start()
     copying = Template.objects.create(name="c", host=host, vm_name="src", phase="COPY_DISKS", job=op)

@@ -4,18 +4,18 @@ holds."""
 
 import pytest
 
+from tests.fixtures.templates import create_template
+
 
 @pytest.mark.django_db
-def test_the_sweeper_finds_unfinished_flows_that_no_live_worker_holds():
+def test_the_sweeper_finds_unfinished_flows_that_no_live_worker_holds(host):
     from datetime import timedelta
 
     from django.utils import timezone
 
-    from hostjobs.models import Host
     from sealing import lease
     from templates.models import Phase, Template
 
-    host = Host.objects.create(name="h", address="10.211.0.99", host_key="ssh-ed25519 AAAA")
     now = timezone.now()
     old, expired, live = now - timedelta(seconds=30), now - timedelta(seconds=1), now + timedelta(seconds=15)
     cases = {  # name: (status, phase, lease_expires, updated), and whether the sweeper resumes it
@@ -28,24 +28,22 @@ def test_the_sweeper_finds_unfinished_flows_that_no_live_worker_holds():
         "done": (("ok", Phase.DONE, None, old), False),
     }
     for name, ((status, phase, expires, updated), _) in cases.items():
-        t = Template.objects.create(name=name, host=host, vm_name="v", status=status, phase=phase)
+        t = create_template(host, name, status=status, phase=phase)
         Template.objects.filter(pk=t.pk).update(lease_expires=expires, updated=updated)
     found = set(lease.orphaned().values_list("name", flat=True))
     assert found == {name for name, (_, resumed) in cases.items() if resumed}
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_lease_keeper_renews_a_flows_lease_until_stopped():
+def test_the_lease_keeper_renews_a_flows_lease_until_stopped(host):
     import time
     from datetime import timedelta
 
     from django.utils import timezone
 
-    from hostjobs.models import Host
     from sealing import lease
     from templates.models import Template
 
-    host = Host.objects.create(name="h", address="10.211.0.99", host_key="ssh-ed25519 AAAA")
     t = Template.objects.create(name="leased", host=host, vm_name="v")
     held = lease.Lease.acquire(t.pk)
     assert held is not None
@@ -66,7 +64,7 @@ def test_the_lease_keeper_renews_a_flows_lease_until_stopped():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_worker_cut_off_past_its_lease_cannot_go_on_with_a_flow_taken_over():
+def test_a_worker_cut_off_past_its_lease_cannot_go_on_with_a_flow_taken_over(host, operation):
     """A worker that lost the database longer than the lease: the sweeper gave the flow to another
     worker. The first one's renewals, heartbeat and release are refused, its keeper stops, and its
     rollback raises LeaseLost before writing anything; the new owner's lease is untouched."""
@@ -74,13 +72,11 @@ def test_a_worker_cut_off_past_its_lease_cannot_go_on_with_a_flow_taken_over():
 
     from django.utils import timezone
 
-    from hostjobs.models import Host, HostJob, JobAction
+    from hostjobs.models import HostJob
     from sealing import flow, lease
     from templates.models import Phase, Template
 
-    host = Host.objects.create(name="h", address="10.211.0.99", host_key="ssh-ed25519 AAAA")
-    op = HostJob.create(host, JobAction.CREATE_TEMPLATE)
-    op.start()
+    op = operation
     t = Template.objects.create(name="taken", host=host, vm_name="v", phase=Phase.SEAL, job=op)
     old = lease.Lease.acquire(t.pk)
     Template.objects.filter(pk=t.pk).update(lease_expires=timezone.now() - timedelta(seconds=1))  # cut off

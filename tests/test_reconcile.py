@@ -107,13 +107,6 @@ def test_meta_problems_refuses_what_must_not_be_mirrored():
         assert len(meta_problems(meta(a, **bad), a)) == 1, bad
 
 
-@pytest.fixture
-def host_rows(db):
-    from hostjobs.models import Host
-
-    return Host.objects.create(name="h", address="10.211.0.250", host_key="ssh-ed25519 AAAAC3Nz test")
-
-
 def template_with_volume(host, name, **fields):
     from templates.models import Template, TemplateDisk
     from volumes.models import Volume
@@ -124,7 +117,7 @@ def template_with_volume(host, name, **fields):
     return t, str(vol.pk)
 
 
-def test_busy_volumes_are_those_an_operation_may_work_on(host_rows):
+def test_busy_volumes_are_those_an_operation_may_work_on(host):
     from datetime import timedelta
 
     from django.utils import timezone
@@ -134,44 +127,44 @@ def test_busy_volumes_are_those_an_operation_may_work_on(host_rows):
     from volumes.models import Volume
 
     now = timezone.now()
-    _, idle = template_with_volume(host_rows, "idle")
-    _, failed_idle = template_with_volume(host_rows, "failed-idle", status="failed", error="scan")
-    _, locked = template_with_volume(host_rows, "locked", status="locked", phase="COPY_DISKS")
-    _, rolling = template_with_volume(host_rows, "rolling", status="failed", phase="ROLLBACK")
-    _, leased = template_with_volume(host_rows, "leased", lease_expires=now + timedelta(seconds=20))
-    _, expired = template_with_volume(host_rows, "expired", lease_expires=now - timedelta(seconds=20))
-    running = HostJob.create(host_rows, JobAction.DELETE_TEMPLATE)
+    _, idle = template_with_volume(host, "idle")
+    _, failed_idle = template_with_volume(host, "failed-idle", status="failed", error="scan")
+    _, locked = template_with_volume(host, "locked", status="locked", phase="COPY_DISKS")
+    _, rolling = template_with_volume(host, "rolling", status="failed", phase="ROLLBACK")
+    _, leased = template_with_volume(host, "leased", lease_expires=now + timedelta(seconds=20))
+    _, expired = template_with_volume(host, "expired", lease_expires=now - timedelta(seconds=20))
+    running = HostJob.create(host, JobAction.DELETE_TEMPLATE)
     running.start()
-    _, job_running = template_with_volume(host_rows, "job-running", job=running)
-    orphan = str(Volume.objects.create(host=host_rows).pk)
-    assert busy_volume_ids(host_rows) == {locked, rolling, leased, job_running, orphan}
+    _, job_running = template_with_volume(host, "job-running", job=running)
+    orphan = str(Volume.objects.create(host=host).pk)
+    assert busy_volume_ids(host) == {locked, rolling, leased, job_running, orphan}
 
     from templates.models import Template
 
     Template.objects.exclude(name__in=["idle", "failed-idle", "expired"]).delete()
-    assert busy_volume_ids(host_rows) == set(), "a volume of no template is busy only while an operation runs"
+    assert busy_volume_ids(host) == set(), "a volume of no template is busy only while an operation runs"
     since = timezone.now()
     Volume.objects.get(pk=idle).save()
-    assert busy_volume_ids(host_rows, since) == {idle}, "a row written during the scan is left out"
-    assert failed_idle not in busy_volume_ids(host_rows, since)
-    assert expired not in busy_volume_ids(host_rows, since)
+    assert busy_volume_ids(host, since) == {idle}, "a row written during the scan is left out"
+    assert failed_idle not in busy_volume_ids(host, since)
+    assert expired not in busy_volume_ids(host, since)
 
 
-def test_fixes_are_compare_and_set_against_the_rows_as_read(host_rows):
+def test_fixes_are_compare_and_set_against_the_rows_as_read(host):
     from sealing.reconcile import fail_templates_of_missing
     from templates.models import Template
     from volumes.models import Volume
     from volumes.reconcile import apply, row_state
 
-    t_edit, edited = template_with_volume(host_rows, "edited")
-    t_gone, gone = template_with_volume(host_rows, "gone")
+    t_edit, edited = template_with_volume(host, "edited")
+    t_gone, gone = template_with_volume(host, "gone")
     rows = {v: row_state(Volume.objects.get(pk=v)) for v in (edited, gone)}
     report = compare("h", scan((edited, meta(edited, legality="ILLEGAL", generation=2), None, True, False)), rows)
     # A flow writes both rows after they were read, and locks the missing one's template:
     Volume.objects.filter(pk__in=[edited, gone]).update(generation=3)
     Template.objects.filter(pk=t_gone.pk).update(status="locked")
-    apply(host_rows, report, rows)
-    fail_templates_of_missing(host_rows, report)
+    apply(host, report, rows)
+    fail_templates_of_missing(host, report)
     assert report.changed == []
     assert Volume.objects.get(pk=edited).legality == "LEGAL"
     assert (Volume.objects.get(pk=gone).legality, Template.objects.get(pk=t_gone.pk).status) == ("LEGAL", "locked")
@@ -179,8 +172,8 @@ def test_fixes_are_compare_and_set_against_the_rows_as_read(host_rows):
     Template.objects.filter(pk=t_gone.pk).update(status="ok")
     rows = {v: row_state(Volume.objects.get(pk=v)) for v in (edited, gone)}
     report = compare("h", scan((edited, meta(edited, legality="ILLEGAL", generation=2), None, True, False)), rows)
-    apply(host_rows, report, rows)
-    fail_templates_of_missing(host_rows, report)
+    apply(host, report, rows)
+    fail_templates_of_missing(host, report)
     assert len(report.changed) == 3
     assert (Volume.objects.get(pk=edited).legality, Volume.objects.get(pk=edited).generation) == ("ILLEGAL", 2)
     assert Volume.objects.get(pk=gone).legality == "ILLEGAL"

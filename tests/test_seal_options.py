@@ -1,4 +1,7 @@
-"""Seal options have bounded sizes: whatever is accepted makes a virt-sysprep command the host's kernel
+"""sealing.options: each seal option is checked (the field named when refused), the root password kept
+only as a hash, operation names checked against the host's list.
+
+Seal options have bounded sizes: whatever is accepted makes a virt-sysprep command the host's kernel
 can exec (a single argument at most MAX_ARG_STRLEN = 131072 bytes, argv + environment at most ARG_MAX,
 2 MiB); what is not is refused with a 400 naming the field, before any host is contacted (today such a
 request was accepted and failed on the host after the disks were copied)."""
@@ -72,13 +75,12 @@ def test_accepted_options_make_a_command_the_kernel_can_exec(data):
     ("operations_add", [f"op{i}" for i in range(65)]),
 ])
 @pytest.mark.django_db
-def test_oversized_options_are_a_400_naming_the_field_before_any_host_contact(admin_client, field, value):
-    from hostjobs.models import Host, HostJob
+def test_oversized_options_are_a_400_naming_the_field_before_any_host_contact(admin_client, host, field, value):
+    from hostjobs.models import HostJob
     from templates.models import IdempotencyKey, Template
 
     # the host's key is unusable: a request that passed validation would be refused naming "host"
-    h = Host.objects.create(name="h", address="10.211.0.254", host_key="ssh-ed25519 AAAA")
-    r = admin_client.post("/api/templates/", {"name": "t", "host": h.pk, "vm": "v", "seal": True,
+    r = admin_client.post("/api/templates/", {"name": "t", "host": host.pk, "vm": "v", "seal": True,
                                               "seal_options": {field: value}}, content_type="application/json")
     assert r.status_code == 400, r.content[:300]
     assert list(r.json()) == ["seal_options"], r.content[:300]
@@ -94,3 +96,57 @@ def test_the_largest_options_of_each_kind_within_the_bounds_are_accepted():
                  {"operations_add": [("op" + str(i)).ljust(64, "x") for i in range(64)]}):
         ser = SealOptionsSerializer(data=data)
         assert ser.is_valid(), (list(data), ser.errors)
+
+
+def _opts(data):
+    ser = SealOptionsSerializer(data=data)
+    return ser, ser.is_valid()
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"hostname": "bad host;rm"}, "hostname"),
+        ({"hostname": "-x"}, "hostname"),
+        ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"timezone": "../../etc/passwd"}, "timezone"),
+        ({"root_password": "short"}, "root_password"),
+        ({"root_password": "line\nbreak-long"}, "root_password"),
+        ({"ssh_keys": [{"user": "Root;", "key": "ssh-ed25519 AAAA"}]}, "ssh_keys"),
+        ({"ssh_keys": [{"user": "alice", "key": "not a key"}]}, "ssh_keys"),
+        ({"firstboot_commands": ["a\nb"]}, "firstboot_commands"),
+        ({"operations_add": ["$(reboot)"]}, "operations_add"),
+        ({"operations_add": ["logfiles"], "operations_remove": ["logfiles"]}, "operations_remove"),
+        ({"remove_user_accounts": ["a"], "keep_user_accounts": ["b"]}, "keep_user_accounts"),
+        ({"operations_remove": ["customize"]}, "operations_remove"),
+        ({"operations_add": ["script"]}, "operations_add"),
+        ({"remove_user_accounts": ["../x"]}, "remove_user_accounts"),
+    ],
+)
+def test_invalid_seal_options_name_the_field(data, field):
+    ser, ok = _opts(data)
+    assert not ok
+    assert field in ser.errors
+
+
+def test_the_root_password_is_stored_only_as_a_hash():
+    ser, ok = _opts({"root_password": "Sup3r-secret-pw!", "hostname": "Web-01"})
+    assert ok, ser.errors
+    stored = ser.to_stored()
+    assert "root_password" not in stored
+    assert stored["root_password_hash"].startswith("$6$")
+    assert "Sup3r-secret-pw!" not in str(stored)
+    assert stored["hostname"] == "web-01"
+    from sealing.options import public
+
+    assert public(stored) == {"hostname": "web-01", "root_password": "(set)"}
+
+
+def test_operation_names_are_checked_against_the_hosts_list():
+    from rest_framework.exceptions import ValidationError
+
+    from sealing.options import check_operations
+
+    check_operations({"operations_add": ["user-account"]}, {"user-account": False, "logfiles": True})
+    with pytest.raises(ValidationError, match="no operation 'nope'"):
+        check_operations({"operations_remove": ["nope"]}, {"logfiles": True})

@@ -6,9 +6,12 @@ name raced) is in test_e2e_security.py, against a real test host."""
 
 import pytest
 
+from tests.fixtures.hostjobs import KEY
+from tests.fixtures.templates import create_template
+from tests.utils.users import user_with
+
 pytestmark = pytest.mark.security
 
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHYxXA9dCvPrHMuXWbnnUMW7yDpDlHgZ1aqYjakW6cwK"
 HOSTILE = [
     "x'; touch /tmp/vmseal-pwned-1; echo '",
     'x"; touch /tmp/vmseal-pwned-2; echo "',
@@ -21,15 +24,6 @@ HOSTILE = [
     "nul\x00byte",
     "\u202eevil\u202d unicode",
 ]
-
-
-@pytest.fixture
-def host(db):
-    from hostjobs.models import Host
-
-    # A key that cannot be pinned: a request that passes validation is refused when it would first
-    # contact the host ("pinned host key is not usable"), before any row or file exists.
-    return Host.objects.create(name="h", address="10.211.0.254", host_key="ssh-ed25519 AAAA")
 
 
 def snapshot():
@@ -86,29 +80,18 @@ def test_volume_paths_and_pools_are_never_taken_from_a_client(admin_client, host
 
 
 # -- access ------------------------------------------------------------------------------------------
-def _user(django_user_model, name, *perms, staff=False):
-    from django.contrib.auth.models import Permission
-
-    u = django_user_model.objects.create_user(name, password=f"{name}-pass-1", is_staff=staff)
-    for codename in perms:
-        u.user_permissions.add(Permission.objects.get(codename=codename))
-    return u
-
-
 @pytest.mark.django_db
-def test_each_access_level_sees_exactly_what_its_permissions_allow(client, django_user_model, host):
-    from hostjobs.models import HostJob, JobAction
+def test_each_access_level_sees_exactly_what_its_permissions_allow(client, host, operation, template):
+    from hostjobs.models import HostJob
     from templates.models import Template
 
-    op = HostJob.create(host, JobAction.CREATE_TEMPLATE)
-    op.start()
-    t = Template.objects.create(name="existing", host=host, vm_name="v", status="ok", phase="DONE", job=None)
+    op, t = operation, template
     levels = {
         "anonymous": None,
-        "reader": _user(django_user_model, "reader"),  # authenticated, no permissions: reads only
-        "maker": _user(django_user_model, "maker", "add_template"),
-        "canceller": _user(django_user_model, "canceller", "change_hostjob"),
-        "deleter": _user(django_user_model, "deleter", "delete_template"),
+        "reader": user_with("reader"),  # authenticated, no permissions: reads only
+        "maker": user_with("maker", "add_template"),
+        "canceller": user_with("canceller", "change_hostjob"),
+        "deleter": user_with("deleter", "delete_template"),
     }
     expected = {  # what each may do: read, create (reaches validation: 400 here), cancel, delete
         "anonymous": {"read": False, "create": False, "cancel": False, "delete": False},
@@ -138,15 +121,15 @@ def test_each_access_level_sees_exactly_what_its_permissions_allow(client, djang
 
 
 @pytest.mark.django_db
-def test_sealing_and_the_admin_site_need_their_own_rights(client, django_user_model, host):
-    maker = _user(django_user_model, "maker", "add_template")
+def test_sealing_and_the_admin_site_need_their_own_rights(client, host):
+    maker = user_with("maker", "add_template")
     client.force_login(maker)
     r = client.post("/api/templates/", {"name": "n", "host": host.pk, "vm": "v", "seal": True},
                     content_type="application/json")
     assert r.status_code == 403
     assert "seal" in r.json()["detail"]
     assert client.get("/admin/").status_code == 302, "not staff: no admin site"
-    staff = _user(django_user_model, "staff", staff=True)
+    staff = user_with("staff", staff=True)
     client.force_login(staff)
     assert client.get("/admin/").status_code == 200
     assert client.get("/admin/templates/template/add/").status_code == 403, "staff without add_template"
@@ -240,13 +223,9 @@ def test_template_creation_is_throttled_per_user(admin_client, host, monkeypatch
 
 # -- concurrency -----------------------------------------------------------------------------------------
 @pytest.mark.django_db
-def test_deleting_a_template_while_its_job_runs_is_refused(admin_client, host):
-    from hostjobs.models import HostJob, JobAction
-    from templates.models import Template
-
-    op = HostJob.create(host, JobAction.CREATE_TEMPLATE)
-    op.start()
-    t = Template.objects.create(name="busy", host=host, vm_name="v", status="locked", phase="SEAL", job=op)
+def test_deleting_a_template_while_its_job_runs_is_refused(admin_client, host, operation):
+    op = operation
+    t = create_template(host, "busy", status="locked", phase="SEAL", job=op)
     before = snapshot()
     r = admin_client.delete(f"/api/templates/{t.pk}/")
     assert r.status_code == 409
@@ -266,7 +245,7 @@ def test_every_refusal_frees_the_idempotency_key(client, django_user_model, host
 
     from templates.models import IdempotencyKey
 
-    maker = _user(django_user_model, "keyed", "add_template")
+    maker = user_with("keyed", "add_template")
     client.force_login(maker)
     body = {"name": "keyed", "host": host.pk, "vm": "v", "seal": True}
 
@@ -289,15 +268,15 @@ def test_every_refusal_frees_the_idempotency_key(client, django_user_model, host
 
 # -- GET /api/hosts/<id>/vms/ (opens a libvirt connection to the host) -----------------------------------
 @pytest.mark.django_db
-def test_listing_a_hosts_vms_needs_view_host_or_add_template(client, django_user_model, host):
+def test_listing_a_hosts_vms_needs_view_host_or_add_template(client, host):
     """A reader without either permission is refused before any connection is attempted (the host's
     key is unusable: an attempt would be a 502 'cannot be used', not a 403)."""
-    client.force_login(_user(django_user_model, "plain"))
+    client.force_login(user_with("plain"))
     r = client.get(f"/api/hosts/{host.pk}/vms/")
     assert r.status_code == 403, r.content
     assert client.get(f"/api/hosts/{host.pk}/").status_code == 200, "the host itself stays readable"
     for codename in ("view_host", "add_template"):
-        client.force_login(_user(django_user_model, f"with-{codename}", codename))
+        client.force_login(user_with(f"with-{codename}", codename))
         r = client.get(f"/api/hosts/{host.pk}/vms/")
         assert r.status_code == 502, r.content  # allowed: it went on to the host (whose key is unusable)
     client.logout()
@@ -305,17 +284,17 @@ def test_listing_a_hosts_vms_needs_view_host_or_add_template(client, django_user
 
 
 @pytest.mark.django_db
-def test_listing_a_hosts_vms_is_throttled_per_user(client, django_user_model, host, monkeypatch):
+def test_listing_a_hosts_vms_is_throttled_per_user(client, host, monkeypatch):
     from rest_framework.throttling import ScopedRateThrottle
 
     monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {"host_vms": "2/min", "template_create": "30/min"})
-    client.force_login(_user(django_user_model, "lister", "view_host"))
+    client.force_login(user_with("lister", "view_host"))
     assert [client.get(f"/api/hosts/{host.pk}/vms/").status_code for _ in range(2)] == [502, 502]
     r = client.get(f"/api/hosts/{host.pk}/vms/")
     assert r.status_code == 429
     assert int(r.headers["Retry-After"]) > 0
     assert client.get(f"/api/hosts/{host.pk}/").status_code == 200, "other reads are not throttled"
-    client.force_login(_user(django_user_model, "other", "view_host"))
+    client.force_login(user_with("other", "view_host"))
     assert client.get(f"/api/hosts/{host.pk}/vms/").status_code == 502, "per user"
 
 

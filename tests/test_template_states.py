@@ -6,18 +6,13 @@ together with its operation's end. Pure database work: no host."""
 import pytest
 
 from hostjobs.errors import InvalidTransition
-from hostjobs.models import Host, HostJob, JobAction, JobStatus
+from hostjobs.models import HostJob, JobAction, JobStatus
 from templates import states
 from templates.models import Phase, Template, TemplateStatus
 from templates.states import ProtectedState
+from tests.fixtures.hostjobs import KEY
 
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHYxXA9dCvPrHMuXWbnnUMW7yDpDlHgZ1aqYjakW6cwK"
 ALL_STATES = [(s, p) for s in TemplateStatus for p in Phase]
-
-
-@pytest.fixture
-def host(db):
-    return Host.objects.create(name="h", address="10.211.0.251", host_key=KEY)
 
 
 def _row(host, status, phase, *, seal=True, name="t"):

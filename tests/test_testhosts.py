@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.fixtures.hostjobs import down, up
+from tests.fixtures.testhosts import down, up
 
 pytestmark = pytest.mark.e2e
 
