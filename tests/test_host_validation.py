@@ -7,8 +7,11 @@ No test host is needed: every refusal happens before anything would contact one.
 runs the real libvirt client against a closed port on loopback."""
 
 import os
+import shutil
 import socket
 import stat
+import tempfile
+from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -160,7 +163,8 @@ def test_a_stored_hostile_ssh_user_never_makes_libvirt_run_a_program(tmp_path, s
     from hostjobs.models import Host
 
     marker = tmp_path / "ran"
-    evil = tmp_path / "evil.sh"
+    short = Path(tempfile.mkdtemp(prefix="v", dir="/tmp"))  # the user name holds 32 characters (PostgreSQL checks)
+    evil = short / "e"
     evil.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
     evil.chmod(stat.S_IRWXU)
     with socket.socket() as s:  # a closed port on loopback: our wrapper's ssh is refused at once
@@ -173,6 +177,7 @@ def test_a_stored_hostile_ssh_user_never_makes_libvirt_run_a_program(tmp_path, s
             virt.connection(host)
     finally:
         transport.close(host)
+        shutil.rmtree(short)
     assert not marker.exists(), "libvirt ran the program named in the user name"
 
 
