@@ -65,6 +65,9 @@ def check_port_free(address: str, port: int) -> None:
     """Fail unless ``address:port`` is free: a server already there (another bench run) would answer in
     place of ours."""
     with socket.socket() as s:
+        # SO_REUSEADDR as the servers set it: a connection of an earlier run left in TIME_WAIT on the port
+        # (the server closed it) does not count, a server listening there does
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((address, port))
         except OSError as e:
