@@ -112,6 +112,24 @@ def test_a_data_dir_of_ours_with_wider_modes_is_narrowed(tmp_path):
     assert stat.S_IMODE(ours.stat().st_mode) == 0o700
 
 
+def test_an_older_vmseals_readable_files_in_our_data_dir_are_narrowed(tmp_path):
+    """A database and logs an older vmseal left 0644 in the data directory are made 0600; a link in it
+    and its target are left alone."""
+    ours = tmp_path / "ours"
+    ours.mkdir(mode=0o700)
+    for name in ("vmseal.sqlite3", "qcluster-test.log"):
+        (ours / name).write_text("x")
+        (ours / name).chmod(0o644)
+    outside = tmp_path / "outside"
+    outside.write_text("y")
+    outside.chmod(0o644)
+    (ours / "link").symlink_to(outside)
+    assert run_settings(ours).returncode == 0
+    assert {n: stat.S_IMODE((ours / n).stat().st_mode) for n in ("vmseal.sqlite3", "qcluster-test.log")} == {
+        "vmseal.sqlite3": 0o600, "qcluster-test.log": 0o600}
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o644
+
+
 def test_a_data_dir_too_long_for_control_sockets_does_not_share_connections(tmp_path, settings):
     from hostjobs.transport import SOCKET_PATH_MAX, SSHTarget
 

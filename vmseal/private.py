@@ -46,9 +46,23 @@ def private_dir(path: str | os.PathLike, *, parents: bool = False) -> Path:
                              "to use it (remove it, or make it mode 0700)")
         if stat.S_IMODE(st.st_mode) != 0o700:
             os.fchmod(fd, 0o700)  # ours: narrowed (an older vmseal's 0755) or completed (a umask like 0o777)
+        _narrow_files(path, me)
     finally:
         os.close(fd)
     return path
+
+
+def _narrow_files(path: Path, me: int) -> None:
+    """Files of ours directly in ``path`` that an older vmseal made readable by others (its database,
+    logs) are narrowed to their owner's bits; links and other users' files are left alone."""
+    with os.scandir(path) as entries:
+        for e in entries:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_uid == me and st.st_mode & 0o077:
+                os.chmod(e.path, stat.S_IMODE(st.st_mode) & 0o700)
 
 
 def create_private_file(path: str | os.PathLike) -> bool:
