@@ -53,6 +53,7 @@ from templates.models import Phase, Template, TemplateDisk
 from templates.states import next_phase
 from volumes import rules
 from volumes.models import Legality, Volume
+from webhooks import events as webhooks
 
 log = logging.getLogger("vmseal.flow")
 
@@ -201,6 +202,7 @@ def _finish(t: Template, op: HostJob, line: str, found: dict) -> None:
             op.append_log(line)
             op.set_progress(PROGRESS[Phase.DONE])
             op.end(JobStatus.DONE)
+            webhooks.emit("template.ok", t, **_template_data(t))  # sent once this commits
     except Exception:
         t.refresh_from_db()  # as the database has it again: still in its last step
         op.refresh_from_db(fields=["log", "progress"])
@@ -348,6 +350,7 @@ def rollback(t: Template, op: HostJob, message: str, code: str, lease: Lease, fo
     log.warning("template %s (%s): %s; rolling back", t.pk, t.name, message)
     if t.phase != Phase.ROLLBACK:
         t.start_rollback(message, **(found or {}))
+        webhooks.emit("template.failed", t, **_template_data(t))
     op.append_log(message + "\n")
     # Host jobs that may still run there (their result never arrived, or a cancel): stop them first,
     # so nothing writes to a volume being deleted.
@@ -377,8 +380,8 @@ def _end_operation(op: HostJob, message: str, code: str) -> None:
         try:
             if op.status == JobStatus.ABORTING:
                 op.end(JobStatus.ABORTED, message, "aborted")
-            elif op.status == JobStatus.RUNNING:
-                op.end(JobStatus.FAILED, message, code)
+            elif op.status == JobStatus.RUNNING and op.end(JobStatus.FAILED, message, code):
+                webhooks.emit("job.failed", op, **_job_data(op))
             return
         except InvalidTransition:
             continue
@@ -420,10 +423,26 @@ def delete(t: Template, op: HostJob, lease: Lease) -> None:
     leftovers = delete_volumes(t, op, "DELETE", "delete", lease)
     if leftovers:
         t.delete_incomplete(f"delete incomplete: {'; '.join(leftovers)}")
-        op.end(JobStatus.FAILED, t.error, "delete_incomplete")
+        webhooks.emit("template.failed", t, **_template_data(t))
+        if op.end(JobStatus.FAILED, t.error, "delete_incomplete"):
+            webhooks.emit("job.failed", op, **_job_data(op))
     else:
+        gone = {"type": "template", "id": t.pk, "repr": str(t)}
+        data = _template_data(t)
         t.delete()
         op.end(JobStatus.DONE)
+        webhooks.emit("template.deleted", gone, **data)
+
+
+def _template_data(t: Template) -> dict:
+    """What a template's webhook events carry besides its type, id and name."""
+    return {"name": t.name, "host": t.host_id, "vm": t.vm_name, "status": t.status, "sealed": t.sealed,
+            "error": t.error, "job": str(t.job_id) if t.job_id else None}
+
+
+def _job_data(op: HostJob) -> dict:
+    return {"action": op.action, "target": op.target, "status": op.status, "error": op.error,
+            "error_code": op.error_code, "host": op.host_id}
 
 
 def _volumes(t: Template) -> list[Volume]:

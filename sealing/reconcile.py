@@ -18,6 +18,7 @@ from hostjobs.models import TERMINAL
 from templates.models import Phase, Template, TemplateDisk, TemplateStatus
 from volumes import reconcile
 from volumes.models import Volume
+from webhooks import events as webhooks
 
 log = logging.getLogger("vmseal.reconcile")
 
@@ -79,4 +80,6 @@ def fail_templates_of_missing(host, report: reconcile.Report, *, dry_run: bool =
                 t.volumes_missing(error)  # refused if a delete locked it meanwhile
             except InvalidTransition:
                 continue
+            webhooks.emit("template.failed", t, name=t.name, host=t.host_id, vm=t.vm_name, status=t.status,
+                          sealed=t.sealed, error=t.error, job=str(t.job_id) if t.job_id else None)
         report.changed.append(f"template {t.name!r} failed: {error}")

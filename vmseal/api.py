@@ -2,12 +2,16 @@
 
 from rest_framework.routers import DefaultRouter
 
+from audit.api import EventViewSet
 from hostjobs.api import HostJobViewSet, HostViewSet
 from templates.api import TemplateViewSet
 from volumes.api import VolumeViewSet
+from webhooks.api import WebhookViewSet
 
 router = DefaultRouter()
 router.register("hosts", HostViewSet)
 router.register("templates", TemplateViewSet)
 router.register("volumes", VolumeViewSet)
 router.register("jobs", HostJobViewSet)
+router.register("events", EventViewSet)
+router.register("webhooks", WebhookViewSet)

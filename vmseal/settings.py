@@ -16,6 +16,9 @@ Environment:
   VMSEAL_Q_WORKERS       qcluster workers (default 4: work is mostly waiting on hosts)
   VMSEAL_MAX_PARALLEL_SEALS  virt-sysprep runs at once per host (default 2; Host.max_parallel_seals overrides)
   VMSEAL_HOST_SCAN_MINUTES  minutes between scans of every host's pool (default 10; read when migrating; 0: none)
+  VMSEAL_WEBHOOK_TRIES   tries per webhook delivery before it is given up (default 6)
+  VMSEAL_WEBHOOK_BACKOFF seconds before the first retry, doubled for each next one (default 60)
+  VMSEAL_WEBHOOK_TIMEOUT seconds a receiver has to answer one POST (default 10)
 """
 
 import os
@@ -57,10 +60,12 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_q",
+    "audit",  # before the apps whose commands it records (audit/management/commands run instead)
     "hostjobs",
     "volumes",
     "templates",
     "sealing",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -71,6 +76,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "audit.middleware.AuditMiddleware",  # X-Request-ID, who acts, and the API's audit events
 ]
 
 ROOT_URLCONF = "vmseal.urls"
@@ -207,6 +213,12 @@ VMSEAL_HOST_SCAN_MINUTES = int(os.environ.get("VMSEAL_HOST_SCAN_MINUTES", "10"))
 # Where hosts push job and libvirt events, e.g. http://10.0.0.5:8000/api/callbacks/ (a Host may override).
 # Empty: push is off and jobs complete by polling.
 VMSEAL_CALLBACK_URL = os.environ.get("VMSEAL_CALLBACK_URL", "")
+
+# Event webhooks (webhooks.tasks): tries per delivery, the backoff's base (try n+1 comes
+# BACKOFF * 2**(n-1) seconds after try n) and each POST's timeout, seconds.
+VMSEAL_WEBHOOK_TRIES = int(os.environ.get("VMSEAL_WEBHOOK_TRIES", "6"))
+VMSEAL_WEBHOOK_BACKOFF = float(os.environ.get("VMSEAL_WEBHOOK_BACKOFF", "60"))
+VMSEAL_WEBHOOK_TIMEOUT = float(os.environ.get("VMSEAL_WEBHOOK_TIMEOUT", "10"))
 
 LOGGING = {
     "version": 1,
