@@ -5,6 +5,7 @@ from django.conf import settings
 from django.utils import timezone
 from django_q.tasks import async_task
 
+from audit import events as audit
 from hostjobs.errors import VmsealError
 from hostjobs.models import Host
 from sealing import flow, lease, reconcile
@@ -19,8 +20,9 @@ def sweep() -> int:
     could not finish (a host was unreachable). Runs on a schedule and when a worker starts."""
     now = timezone.now()
     n = 0
-    for pk in lease.orphaned().values_list("pk", flat=True):
+    for pk, name in lease.orphaned().values_list("pk", "name"):
         async_task("sealing.tasks.run_template_flow", pk, task_name=f"template-{pk}-resume-{now.timestamp():.0f}")
+        audit.record("template.resume", object_type_="template", object_id=pk, object_repr=name)  # as "system"
         n += 1
     return n
 

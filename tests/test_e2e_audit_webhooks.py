@@ -174,8 +174,10 @@ def test_each_entry_point_records_its_template_creation_once_with_its_user(made,
     assert [(e.username, e.source, e.outcome) for e in created] == [("wh", "api", "accepted")]
     deleted = list(Event.objects.filter(action="template.delete", object_id=str(made.ids["wh-api"])))
     assert [(e.username, e.source, e.outcome) for e in deleted] == [("wh", "api", "accepted")]
-    # the flow's own work is not a user's action: nothing else about these templates
-    assert Event.objects.filter(object_type="template", object_id__in=[str(i) for i in made.ids.values()]).count() == 5
+    # nothing else by a user about these templates (the sweeper may have resumed one, as "system")
+    mine = Event.objects.filter(object_type="template", object_id__in=[str(i) for i in made.ids.values()])
+    assert mine.exclude(source="system").count() == 5
+    assert set(mine.filter(source="system").values_list("username", "action")) <= {("system", "template.resume")}
 
 
 def test_each_event_reaches_the_receiver_once_with_a_valid_signature(made, dbx):

@@ -63,5 +63,5 @@ def enqueue(delivery_id) -> None:
 
     try:
         async_task("webhooks.tasks.deliver", str(delivery_id), task_name=f"webhook-{delivery_id}-0")
-    except Exception:  # the broker is down: the delivery stays pending (tasks.resend_stale retries it)
+    except Exception:  # the broker is down: the delivery stays pending with no try (seen in the admin)
         log.exception("webhook delivery %s not enqueued", delivery_id)

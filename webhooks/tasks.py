@@ -101,16 +101,3 @@ def _schedule(d: Delivery, at) -> None:
 
     Schedule.objects.create(name=f"webhook-{d.pk}-{d.tries}-{secrets.token_hex(3)}", func="webhooks.tasks.deliver",
                             args=repr(str(d.pk)), schedule_type=Schedule.ONCE, repeats=-1, next_run=at)
-
-
-def resend_stale(minutes: int = 10) -> int:
-    """Pending deliveries whose task was lost (the broker was down when they were enqueued, or a worker
-    died mid-try and left one sending): enqueued again. Not scheduled by default; run it from a schedule."""
-    from webhooks.events import enqueue
-
-    cutoff = timezone.now() - timedelta(minutes=minutes)
-    n = 0
-    for d in Delivery.objects.filter(status=DeliveryStatus.PENDING, created__lt=cutoff, next_try__isnull=True):
-        enqueue(d.pk)
-        n += 1
-    return n
