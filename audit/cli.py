@@ -3,8 +3,9 @@ command so that running it (``manage.py``, ``call_command``) records ``action`` 
 running it, source ``cli``: accepted when it ends, refused with its error (a CommandError) otherwise.
 ``find(options)`` returns the object the command acted on (looked up after it ran) or None.
 
-The commands themselves stay in their apps; audit/management/commands/ holds the audited versions,
-which Django runs instead because ``audit`` comes before those apps in INSTALLED_APPS."""
+An app that may import audit wraps its own commands (sealing's template_create); for hostjobs, which
+imports nothing of audit, audit/management/commands/ holds the audited versions of its commands, which
+Django runs instead because ``audit`` comes before hostjobs in INSTALLED_APPS."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@
 Who acts, from where and the request id come from ``audit.context`` (the middleware for the API and
 the admin, ``audit.cli`` for commands; ``system`` otherwise); ``user=``/``source=`` override them.
 The REST API is recorded by the middleware for every POST/PUT/PATCH/DELETE of a DRF viewset, the admin
-by ``audit.admin.AuditedAdmin``, the command line by the commands in audit/management/commands: a view,
+by ``audit.admin.AuditedAdmin``, the command line by ``audit.cli.audited`` commands: a view,
 admin or command already covered there must not call record() again (one event per action).
 
 Only names are recorded, never values: an update lists the fields it changed (``changes``), a reason

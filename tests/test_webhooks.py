@@ -82,6 +82,32 @@ def test_emit_queues_one_delivery_per_interested_webhook_on_commit_only(django_c
     assert d.payload["data"] == {"status": "ok"}
     with pytest.raises(ValueError, match="unknown webhook event"):
         events.emit("template.exploded", host)
+    a = Webhook.objects.get(name="a")
+    rows = api_client_of_superuser().get(f"/api/webhooks/{a.pk}/deliveries/").json()
+    assert [(r["id"], r["status"], r["tries"], r["event"]) for r in rows["results"]] == [
+        (str(d.pk), "pending", 0, "template.ok")]
+    assert "x" * 16 not in str(rows)
+
+
+def api_client_of_superuser():
+    from django.contrib.auth.models import User
+
+    return client_of(User.objects.create_superuser("root2", "r@example.test", "root2-pass-1"))
+
+
+def test_a_host_scan_that_fails_a_template_sends_template_failed(host):
+    from types import SimpleNamespace
+
+    from sealing.reconcile import fail_templates_of_missing
+    from tests.fixtures.templates import create_template
+
+    Webhook.objects.create(name="a", url="http://127.0.0.1:9/a", events=["template.failed"], secret="x" * 16)
+    t = create_template(host, "gone", disks=1)
+    vol = t.disks.get().volume_id
+    fail_templates_of_missing(host, SimpleNamespace(missing=[{"id": str(vol), "why": "no data file"}], changed=[]))
+    d = Delivery.objects.get()
+    assert (d.event, d.payload["object"]["id"], d.payload["data"]["status"]) == ("template.failed", t.pk, "failed")
+    assert "found by a host scan" in d.payload["data"]["error"]
 
 
 def test_an_event_of_a_change_rolled_back_is_never_sent(django_capture_on_commit_callbacks):

@@ -39,7 +39,7 @@ class WebhookViewSet(viewsets.ModelViewSet):
     filterset_fields = ["name", "active"]
     ordering_fields = ["name", "created"]
 
-    @action(detail=True, methods=["get"], serializer_class=DeliverySerializer, filterset_fields=["status", "event"])
+    @action(detail=True, methods=["get"], serializer_class=DeliverySerializer, filter_backends=[])
     def deliveries(self, request, pk=None):
         hook = self.get_object()
         page = self.paginate_queryset(hook.deliveries.all())

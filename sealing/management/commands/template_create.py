@@ -3,13 +3,14 @@ from pathlib import Path
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from audit.cli import audited
 from hostjobs.models import Host
 from sealing import service
 from templates.api import TemplateSerializer
 from templates.models import Template
 
 
-class Command(BaseCommand):
+class TemplateCreate(BaseCommand):
     help = "Create a template from a shut-off VM (optionally sealed); --follow waits for the result."
 
     def add_arguments(self, parser):
@@ -60,6 +61,11 @@ class Command(BaseCommand):
         self.stdout.write(f"job {op.pk} (template {o['name']!r})")
         if o["follow"]:
             call_command("job_follow", str(op.pk), stdout=self.stdout)
+
+
+# Recorded in the audit trail as template.create (source cli, the OS user), accepted or refused.
+Command = audited(TemplateCreate, "template.create", lambda o: Template.objects.filter(name=o["name"]).first(),
+                  object_type="template")
 
 
 def _errors(errors, prefix=""):
