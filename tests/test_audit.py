@@ -321,3 +321,12 @@ def test_no_secret_ever_lands_in_the_trail(api, admin_client, host):
     page = admin_client.get(f"/admin/webhooks/webhook/{wh_id}/change/").content.decode()
     assert "an-0ther-secret-value" not in page
     assert 'type="password"' in page
+
+
+def test_admin_template_form_refusal_is_recorded_once(admin_client, host):
+    r = admin_client.post("/admin/templates/template/add/", {"host": host.pk, "vm_name": "v", "name": "t9",
+                                                              "seal": "on", "timezone": "Nowhere/Land"})
+    assert r.status_code == 200
+    e = only("template.create")
+    assert (e.source, e.username, e.outcome, e.object_id) == ("admin", "admin", "refused", "")
+    assert "unknown time zone" in e.reason
