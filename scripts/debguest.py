@@ -4,7 +4,8 @@ that boot VMs, by debootstrap from the machine's own Debian mirror (deb.debian.o
 recipe and cached outside the repository's tree:
 
     /var/cache/vmseal/guests/<recipe hash>/
-        disk.qcow2      the root filesystem: a raw ext4 image, no partition table (root=/dev/vda), as qcow2
+        disk.qcow2      the root filesystem: a raw ext4 image, no partition table (root=/dev/vda; fstab by
+                        UUID), as qcow2
         vmlinuz         the guest's kernel and initrd, for direct kernel boot
         initrd.img      (virtio_pci, virtio_blk built in; ext4 is built into the kernel)
         host-keys.txt   the SSH host key fingerprints of the source guest, one "SHA256:..." a line
@@ -143,7 +144,10 @@ def _configure(root: Path, variant: str) -> dict:
     _write(root, "/etc/hostname", hostname + "\n")
     _write(root, "/etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {hostname}\n::1 localhost ip6-localhost\n")
     _write(root, "/etc/machine-id", machine_id + "\n", 0o444)  # the source VM's own, as if it had booted
-    _write(root, "/etc/fstab", "/dev/vda / ext4 defaults,errors=remount-ro 0 1\n")
+    fs_uuid = str(uuid.uuid4())
+    # by UUID, as an installed Debian has it (libguestfs maps a "/dev/vda" fstab entry by disk order,
+    # which breaks when a seal adds its report disk)
+    _write(root, "/etc/fstab", f"UUID={fs_uuid} / ext4 defaults,errors=remount-ro 0 1\n")
     _write(root, "/etc/network/interfaces",
            "source /etc/network/interfaces.d/*\nauto lo\niface lo inet loopback\n"
            "allow-hotplug eth0\niface eth0 inet dhcp\n")
@@ -174,7 +178,7 @@ def _configure(root: Path, variant: str) -> dict:
         if mod not in listing:
             raise SystemExit(f"the initrd has no {mod}")
     _run("chroot", str(root), "apt-get", "clean")
-    return {"hostname": hostname, "machine_id": machine_id, "kernel": kver}
+    return {"hostname": hostname, "machine_id": machine_id, "kernel": kver, "fs_uuid": fs_uuid}
 
 
 def _host_keys(root: Path) -> list[str]:
@@ -219,7 +223,8 @@ def _build(variant: str, out: Path) -> dict:
     shutil.copy(root / "boot" / f"initrd.img-{kver}", out / "initrd.img")
     t1 = time.monotonic()
     raw = out / "disk.raw"
-    _run("mke2fs", "-q", "-F", "-t", "ext4", "-L", "vmsealroot", "-d", str(root), str(raw), DISK_SIZE)
+    _run("mke2fs", "-q", "-F", "-t", "ext4", "-L", "vmsealroot", "-U", info["fs_uuid"], "-d", str(root), str(raw),
+         DISK_SIZE)
     _run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out / "disk.qcow2"))
     raw.unlink()
     shutil.rmtree(root)

@@ -74,7 +74,9 @@ def booted(test_host, qcluster, django_db_blocker, debian_guest, tmp_path_factor
             assert r.status_code == 202, r.content
             job = wait_jobs(api, [r.json()["id"]])[r.json()["id"]]
             seal_s = time.monotonic() - started
-            assert job["status"] == "done", (job["error"], job.get("log", "")[-3000:])
+            if job["status"] != "done":
+                logs = [api.get(f"/api/jobs/{c['id']}/").json().get("log", "") for c in job["children"]]
+                raise AssertionError(f"{job['error']}\n{logs[-1][-6000:] if logs else ''}")
             tpl = api.get(f"/api/templates/{int(job['target'].split(':')[1])}/").json()
             volume = tpl["disks"][0]["volume"]["path"]
             before = th.sha256([volume])
