@@ -13,6 +13,7 @@ recipe and cached outside the repository's tree:
 
     scripts/debguest.py build plain|cloudinit   # prints guest.json's path; builds only when not cached
     scripts/debguest.py path plain|cloudinit    # the cache directory, built or not
+    scripts/debguest.py prune                   # remove the entries of other recipes (older versions)
 
 Variants: ``plain`` (no cloud-init) and ``cloudinit`` (Debian's cloud-init, datasources NoCloud, None:
 it never waits for a network metadata service). The root password is locked ("*"), a getty runs on
@@ -259,7 +260,26 @@ def build(variant: str) -> dict:
             "initrd": str(final / "initrd.img"), "host_keys_file": str(final / "host-keys.txt")}
 
 
+def prune() -> list[str]:
+    """Remove cache entries (and their locks) that are not the current recipe of a variant; each under
+    its lock, so a build in progress is never removed. Returns the names removed."""
+    keep = {path(v).name for v in VARIANTS}
+    removed = []
+    for entry in sorted(CACHE.glob("*-*")) if CACHE.exists() else []:
+        if entry.name in keep or not entry.is_dir():
+            continue
+        with open(CACHE / f".{entry.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            shutil.rmtree(entry, ignore_errors=True)
+        (CACHE / f".{entry.name}.lock").unlink(missing_ok=True)
+        removed.append(entry.name)
+    return removed
+
+
 def main(argv: list[str]) -> int:
+    if argv == ["prune"]:
+        print("\n".join(prune()))
+        return 0
     if len(argv) != 2 or argv[0] not in ("build", "path"):
         print(__doc__)
         return 2
