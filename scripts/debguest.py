@@ -98,8 +98,12 @@ StandardOutput=journal
 WantedBy=multi-user.target
 """
 
-CLOUD_CFG = """# vmseal test guest: local seeds only, never wait for a network metadata service
+# Local seeds only, never wait for a network metadata service. The locale module is off: Debian's
+# locale-gen ignores the locale cloud-init asks for (en_US.UTF-8), update-locale then refuses it and
+# cloud-config.service fails (cloud-init status: error).
+CLOUD_CFG = """# vmseal test guest (scripts/debguest.py)
 datasource_list: [ NoCloud, None ]
+locale: false
 """
 
 
