@@ -86,6 +86,27 @@ for f in /var/lib/systemd/random-seed /var/lib/random-seed /var/lib/urandom/rand
 check_empty "random seed"
 [ -f /etc/lvm/devices/system.devices ] && add /etc/lvm/devices/system.devices
 check_empty "LVM system.devices"
+# sshd can start at first boot: the seal removed its host keys (each VM must make its own), and some
+# distributions' sshd does not make them (Debian's ssh.service fails "sshd -t": no hostkeys available).
+ITEM="sshd can start at first boot"
+sshd_bin=""
+for b in /usr/sbin/sshd /usr/bin/sshd /sbin/sshd; do [ -f "$b" ] && { sshd_bin=$b; break; }; done
+keys=""
+for f in /etc/ssh/ssh_host_*_key; do [ -f "$f" ] && keys=1; done
+if [ -z "$sshd_bin" ]; then
+  report ok "$ITEM" "no sshd"
+elif [ -f /usr/local/lib/vmseal/firstboot ] && [ -L /etc/systemd/system/multi-user.target.wants/vmseal-firstboot.service ]; then
+  report ok "$ITEM" "vmseal-firstboot.service makes its host keys"
+elif [ -f /usr/bin/cloud-init ]; then
+  report ok "$ITEM" "cloud-init makes its host keys"
+elif [ -f /usr/lib/systemd/system/sshd-keygen@.service ] || [ -f /lib/systemd/system/sshd-keygen@.service ] ||
+     [ -f /usr/lib/systemd/system/sshd-keygen.service ] || [ -f /lib/systemd/system/sshd-keygen.service ]; then
+  report ok "$ITEM" "the distribution's sshd-keygen unit makes its host keys"
+elif [ -n "$keys" ]; then
+  report ok "$ITEM" "its host keys were kept"
+else
+  report FAIL "$ITEM" "$sshd_bin has no host keys and nothing makes them at first boot"
+fi
 report_dev=""
 for d in /dev/sd* /dev/vd* /dev/xvd* /dev/hd*; do
   [ -b "$d" ] || continue

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """vmseal's helper on a hypervisor host. Stdlib only; it imports nothing of the app. Shipped next to
-``vmseal_rules.py`` (the app's volumes/rules.py) and the two scripts virt-sysprep runs for vmseal in
-the guest, inside its appliance (``guest_prepare.sh``, ``guest_audit.sh``). Nothing here reads or
+``vmseal_rules.py`` (the app's volumes/rules.py) and what virt-sysprep runs or uploads for vmseal in
+the guest, inside its appliance (``guest_prepare.sh``, ``guest_firstboot.sh`` with the first-boot agent
+``vmseal_firstboot.sh``, ``guest_audit.sh``). Nothing here reads or
 writes a guest's files: the only guest-made bytes it reads are the report disk's (``run
 --report-disk``), which it prints into the job's log, filtered, as the guest's word.
 

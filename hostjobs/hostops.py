@@ -26,7 +26,8 @@ from hostjobs.errors import HostCommandFailed, VolumeRefused
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = {"vmseal_host.py": ROOT / "hooks" / "vmseal_host.py", "vmseal_rules.py": ROOT / "volumes" / "rules.py",
-          **{name: ROOT / "hooks" / name for name in ("libvirt_hook.py", "guest_prepare.sh", "guest_audit.sh")}}
+          **{name: ROOT / "hooks" / name for name in ("libvirt_hook.py", "guest_prepare.sh", "guest_audit.sh",
+                                                      "guest_firstboot.sh", "vmseal_firstboot.sh")}}
 REMOTE_LIB = "/var/lib/vmseal/lib"
 MISSING = 111  # exit status of the probe when the bundle is not on the host
 PYTHON = "/usr/bin/python3"  # the host's Debian python (the helper is stdlib only)

@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 
 BUSYBOX = "/bin/busybox"  # Debian package busybox-static (scripts/install-system-packages.sh)
-APPLETS = ("cat", "find", "grep", "head", "ls", "rm", "sed", "tr", "true")
+APPLETS = ("cat", "chmod", "find", "grep", "head", "ln", "ls", "mkdir", "rm", "sed", "tr", "true")
 MACHINE_ID = "0123456789abcdef0123456789abcdef"
 HOSTNAME = "golden-vm"
 MAC = "52:54:00:12:34:56"

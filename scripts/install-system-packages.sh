@@ -7,6 +7,7 @@ PKGS=(
   libguestfs-tools python3-guestfs linux-image-amd64
   openssh-server openssh-client iproute2 util-linux e2fsprogs
   python3 python3-venv python3-dev openssl ntfs-3g busybox-static
+  debootstrap genisoimage
   postgresql redis-server
   chromium
 )

@@ -267,7 +267,8 @@ def seal(ctx: Context) -> dict:
     lib = hostops.remote_dir()
     command = sysprep.build_command([(v.path, v.format) for v in vols], t.seal_options,
                                     prepare_script=f"{lib}/guest_prepare.sh", audit_script=f"{lib}/guest_audit.sh",
-                                    report_disk=sysprep.REPORT_DISK)
+                                    firstboot_script=f"{lib}/guest_firstboot.sh",
+                                    firstboot_agent=f"{lib}/vmseal_firstboot.sh", report_disk=sysprep.REPORT_DISK)
     description = f"virt-sysprep over {len(vols)} disk(s)"
     timeout = t.host.seal_timeout or settings.VMSEAL_SEAL_TIMEOUT
     try:  # a slot first: at most host.seal_limit seals run at once on a host; the others wait here

@@ -77,7 +77,9 @@ def command_size(options: dict) -> int:
         opts["root_password_hash"] = _PLACEHOLDER_HASH
     argv = build_command([("/var/lib/vmseal/templates/" + "0" * 36 + ".qcow2", "qcow2")], opts,
                          prepare_script=f"{_PLACEHOLDER_LIB}/guest_prepare.sh",
-                         audit_script=f"{_PLACEHOLDER_LIB}/guest_audit.sh", report_disk=REPORT_DISK).argv
+                         audit_script=f"{_PLACEHOLDER_LIB}/guest_audit.sh",
+                         firstboot_script=f"{_PLACEHOLDER_LIB}/guest_firstboot.sh",
+                         firstboot_agent=f"{_PLACEHOLDER_LIB}/vmseal_firstboot.sh", report_disk=REPORT_DISK).argv
     return sum(len(a.encode()) + 1 for a in argv)
 
 

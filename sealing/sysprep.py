@@ -11,6 +11,12 @@ touches the guest runs inside the libguestfs appliance, in the guest's own root:
 
 - the first ``customize`` action, ``--run hooks/guest_prepare.sh``, refuses non-Linux guests and
   scrubs MAC pinning;
+- then ``--upload hooks/vmseal_firstboot.sh`` to the guest's /tmp and ``--run hooks/guest_firstboot.sh``
+  install vmseal's first-boot agent on systemd guests (``/usr/local/lib/vmseal/firstboot`` and the
+  enabled ``vmseal-firstboot.service``, before ssh and the network): the seal removes the SSH host
+  keys, and Debian's ssh.service does not make new ones (its ``sshd -t`` fails), so the agent makes them
+  (``ssh-keygen -A``) when none is there; in guests without cloud-init it also applies the hostname,
+  root's authorized_keys and password hash of a ``cidata`` seed's ``vmseal/`` files, once per instance;
 - the last ``customize`` action, ``--run hooks/guest_audit.sh`` (after every identity operation but
   lvm-uuids), reports what the guest is and checks every item in AUDIT_ITEMS, failing the run if one
   is left. It writes the same lines to the **report disk**: a 1 MiB raw file the host's helper makes
@@ -63,13 +69,14 @@ def operations(options: dict | None = None) -> list[str]:
 AUDIT_ITEMS = (
     "machine-id /etc/machine-id", "machine-id /var/lib/dbus/machine-id", "ssh host keys", "persistent net rules",
     "MAC pinning in network configs", "hostname", "DHCP leases", "log files empty", "shell histories",
-    "random seed", "LVM system.devices",
+    "random seed", "LVM system.devices", "sshd can start at first boot",
 )
 REQUIRED_OPERATIONS = ("customize",)  # vmseal's guard and audit run there
 # ``script`` runs a host program with the guest FUSE-mounted on the host: a guest's absolute symlinks
 # would resolve to the host's own files.
 FORBIDDEN_OPERATIONS = ("script",)
 AUDIT_HOSTNAME_FILE = "/tmp/vmseal-audit-hostname"
+FIRSTBOOT_UPLOAD = "/tmp/vmseal-firstboot"  # where the agent is uploaded in the guest; guest_firstboot.sh installs it
 CUSTOMIZE_LOG = "/tmp/builder.log"  # where virt-customize's --run writes its output, in the guest
 REPORT_DISK = "report.img"  # made by the helper in the job's directory (the command's working directory)
 COMMANDS_FILE = "customize.cmds"  # likewise, from the job's spec: customize commands that carry secrets
@@ -90,12 +97,18 @@ def build_command(
     *,
     prepare_script: str | None = None,
     audit_script: str | None = None,
+    firstboot_script: str | None = None,
+    firstboot_agent: str | None = None,
     report_disk: str | None = None,
 ) -> SealCommand:
     """One virt-sysprep run over ``disks`` = [(path, format), ...] with validated ``options``
     (sealing.options). ``prepare_script`` and ``audit_script`` are host paths of vmseal's scripts, run
-    in the guest (inside the appliance) as the first and the last customize action; ``report_disk`` the
-    raw disk the audit writes its report to (added last)."""
+    in the guest (inside the appliance) as the first and the last customize action;
+    ``firstboot_agent`` and ``firstboot_script`` the host paths of the first-boot agent and of its
+    installer (run in the guest before the audit); ``report_disk`` the raw disk the audit writes its
+    report to (added last)."""
+    if bool(firstboot_script) != bool(firstboot_agent):
+        raise ValueError("the first-boot agent and its installer go together")
     if not disks:
         raise ValueError("virt-sysprep needs at least one disk")
     options = options or {}
@@ -121,6 +134,8 @@ def build_command(
             h = options["root_password_hash"].replace("\\", "").replace("$", "\\$")
             files[COMMANDS_FILE] = "edit /etc/shadow:s{^root:[^:]*:}{root:" + h + ":}\n"
             argv += ["--commands-from-file", COMMANDS_FILE]
+        if firstboot_script:
+            argv += ["--upload", f"{firstboot_agent}:{FIRSTBOOT_UPLOAD}", "--run", firstboot_script]
         argv += ["--truncate", "/etc/machine-id"]
         for path in DELETE_AFTER_CUSTOMIZE:
             argv += ["--delete", path]

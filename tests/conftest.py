@@ -4,7 +4,8 @@ import pytest
 from django.conf import settings
 
 pytest_plugins = ["tests.fixtures.testhosts", "tests.fixtures.services", "tests.fixtures.api",
-                  "tests.fixtures.hostjobs", "tests.fixtures.volumes", "tests.fixtures.templates"]
+                  "tests.fixtures.hostjobs", "tests.fixtures.volumes", "tests.fixtures.templates",
+                  "tests.fixtures.guests"]
 
 
 def _remove_sqlite_test_db():

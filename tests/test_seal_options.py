@@ -37,6 +37,8 @@ def argv_of(data: dict) -> list[str]:
     return sysprep.build_command([("/var/lib/vmseal/templates/" + "0" * 36 + ".qcow2", "qcow2")], opts,
                                  prepare_script="/var/lib/vmseal/lib/0123456789abcdef/guest_prepare.sh",
                                  audit_script="/var/lib/vmseal/lib/0123456789abcdef/guest_audit.sh",
+                                 firstboot_script="/var/lib/vmseal/lib/0123456789abcdef/guest_firstboot.sh",
+                                 firstboot_agent="/var/lib/vmseal/lib/0123456789abcdef/vmseal_firstboot.sh",
                                  report_disk=sysprep.REPORT_DISK).argv
 
 

@@ -37,13 +37,21 @@ def test_sysprep_progress_and_error_summary():
     assert sysprep.error_summary(log) == "virt-sysprep: error: no operating systems were found in the guest image"
 
 
+def test_the_first_boot_agent_and_its_installer_go_together():
+    with pytest.raises(ValueError, match="go together"):
+        sysprep.build_command([("/p/a.qcow2", "qcow2")], {}, firstboot_script="/lib/guest_firstboot.sh")
+    argv = sysprep.build_command([("/p/a.qcow2", "qcow2")], {}).argv
+    assert "--upload" not in argv
+
+
 def test_seal_options_become_single_argv_elements():
     opts = {"hostname": "web-01", "timezone": "Europe/Berlin",
             "ssh_keys": [{"user": "alice", "key": "ssh-ed25519 K c"}],
             "firstboot_commands": ["echo 'a b' ; rm -rf / $(x)"], "root_password_hash": "$6$salt$hash/x.",
             "operations_add": ["user-account"], "operations_remove": ["logfiles"], "remove_user_accounts": ["bob"]}
     cmd = sysprep.build_command([("/p/a.qcow2", "qcow2")], opts, prepare_script="/lib/guest_prepare.sh",
-                                audit_script="/lib/guest_audit.sh", report_disk="report.img")
+                                audit_script="/lib/guest_audit.sh", firstboot_script="/lib/guest_firstboot.sh",
+                                firstboot_agent="/lib/vmseal_firstboot.sh", report_disk="report.img")
     argv = cmd.argv
     ops = argv[argv.index("--operations") + 1].split(",")
     assert "logfiles" not in ops
@@ -64,9 +72,11 @@ def test_seal_options_become_single_argv_elements():
     assert argv[i - 4:i] == ["--format", "raw", "-a", "report.img"]
     # the guard first, the audit the last customize action but the clean-up of its own traces
     runs = [i for i, a in enumerate(argv) if a == "--run"]
-    assert [argv[i + 1] for i in runs] == ["/lib/guest_prepare.sh", "/lib/guest_audit.sh"]
+    assert [argv[i + 1] for i in runs] == ["/lib/guest_prepare.sh", "/lib/guest_firstboot.sh", "/lib/guest_audit.sh"]
     assert runs[0] < min(i for i, a in enumerate(argv) if a in ("--hostname", "--truncate", "--commands-from-file"))
-    i = runs[1]
+    # the first-boot agent: uploaded into the guest's /tmp, then installed there by its script, before the audit
+    assert argv[runs[1] - 2:runs[1]] == ["--upload", "/lib/vmseal_firstboot.sh:/tmp/vmseal-firstboot"]
+    i = runs[2]
     assert argv[i - 2:i + 2] == ["--write", "/tmp/vmseal-audit-hostname:web-01", "--run", "/lib/guest_audit.sh"]
     assert argv[i + 1:].count("--delete") == 2
     assert i > max(i for i, a in enumerate(argv) if a in ("--truncate", "--commands-from-file", "--hostname"))
