@@ -75,7 +75,8 @@ def _finish(t: Template, op: HostJob, line: str, found: dict) -> None:
 # -- steps ---------------------------------------------------------------------------------------------
 def create_template(ctx: Context) -> dict:
     """Re-check the source in the worker (the request's check may be stale), record its disks, and
-    make sure the host's template pool exists. Found: the VM's UUID."""
+    make sure the host's template pool exists. Found: the VM's UUID and its hardware (its domain XML
+    without identity or state, ``vms.domain.scrub``), what VMs made from the template are built from."""
     t = ctx.t
     info = ctx.host_call(ctx.host.domain_info, t.vm_name)
     if not info.stopped:
@@ -92,7 +93,9 @@ def create_template(ctx: Context) -> dict:
             for i, d in enumerate(writable)
         )
     ctx.host_call(ctx.host.ensure_pool)
-    return {"vm_uuid": info.uuid}
+    from vms import domain  # the VMs made from this template are built from its source's hardware
+
+    return {"vm_uuid": info.uuid, "hardware": domain.scrub(ctx.host_call(ctx.host.domain_xml, t.vm_name))}
 
 
 def copy_disks(ctx: Context) -> None:
@@ -270,6 +273,15 @@ def delete(t: Template, op: HostJob, lease: Lease) -> None:
         return
     if op.status == JobStatus.PENDING:
         op.start()
+    from vms.models import Clone, Vm
+
+    backed = list(Vm.objects.filter(template=t, clone=Clone.THIN).values_list("name", flat=True))
+    if backed:  # made after the request's check: the template's volumes back them now
+        message = f"template {t.name!r} backs thin VMs: {', '.join(backed)}"
+        t.delete_incomplete(message)
+        op.end(JobStatus.FAILED, message, "template_in_use")
+        return
+    Vm.objects.filter(template=t).update(template=None)  # full clones are independent of it
     leftovers = delete_volumes(t, op, "DELETE", "delete", lease)
     if leftovers:
         t.delete_incomplete(f"delete incomplete: {'; '.join(leftovers)}")

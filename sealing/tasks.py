@@ -15,13 +15,18 @@ def run_template_flow(template_id: int) -> None:
 
 
 def sweep() -> int:
-    """Resume flows whose worker died (unfinished template, lease expired) and retry clean-ups that
-    could not finish (a host was unreachable). Runs on a schedule and when a worker starts."""
+    """Resume flows whose worker died (an unfinished template or VM, lease expired) and retry clean-ups
+    that could not finish (a host was unreachable). Runs on a schedule and when a worker starts."""
+    from templates.models import Template
+    from vms.models import Vm
+
     now = timezone.now()
     n = 0
-    for pk in lease.orphaned().values_list("pk", flat=True):
-        async_task("sealing.tasks.run_template_flow", pk, task_name=f"template-{pk}-resume-{now.timestamp():.0f}")
-        n += 1
+    for model, task, kind in ((Template, "sealing.tasks.run_template_flow", "template"),
+                              (Vm, "vms.tasks.run_vm_flow", "vm")):
+        for pk in lease.orphaned(model).values_list("pk", flat=True):
+            async_task(task, pk, task_name=f"{kind}-{pk}-resume-{now.timestamp():.0f}")
+            n += 1
     return n
 
 

@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "volumes",
     "templates",
     "sealing",
+    "vms",
 ]
 
 MIDDLEWARE = [
