@@ -69,8 +69,8 @@ def scrub(xml: str) -> str:
     """The source VM's domain XML without identity or state: what every VM made from the template shares.
 
     Removed: the domain's ``id``, name, uuid, genid, title, description, metadata, sysinfo (and the
-    ``<smbios mode='sysinfo'>`` that points at it), every seclabel and alias; NVRAM (the loader stays, so
-    libvirt makes each VM fresh variables from the firmware's template); an emulated TPM's
+    ``<smbios mode='sysinfo'>`` that points at it), every seclabel and alias; the NVRAM file (its ``template``
+    and the loader stay: libvirt makes each VM its own variables from that template); an emulated TPM's
     ``persistent_state`` and encryption secret (libvirt keeps TPM state per domain UUID, so each VM starts
     with a fresh TPM) and any other TPM (a host's device or socket) entirely; CD-ROM and floppy disks;
     each disk's source, backing chain, mirror, encryption, auth, serial and wwn; each interface's MAC,
@@ -89,7 +89,15 @@ def scrub(xml: str) -> str:
     _remove_everywhere(root, "alias")
     os_el = root.find("os")
     if os_el is not None:
-        _remove_all(os_el, "nvram")
+        for nvram in os_el.findall("nvram"):
+            # the variables' file is the machine's state; the template it came from is its firmware's choice
+            # (e.g. Secure Boot keys enrolled), so a VM's own file is made from the same one
+            keep = {k: v for k, v in nvram.attrib.items() if k in ("template", "templateFormat")}
+            if "template" not in keep:
+                os_el.remove(nvram)
+                continue
+            nvram.clear()
+            nvram.attrib.update(keep)
         for smbios in os_el.findall("smbios"):
             if smbios.get("mode") == "sysinfo":
                 os_el.remove(smbios)
