@@ -53,6 +53,7 @@ class Host(models.Model):
         "VM pool path",
         max_length=255,
         default="/var/lib/vmseal/vms",
+        db_default="/var/lib/vmseal/vms",  # rows written by code of an older schema get it too
         validators=[hv.validate_pool_path],
         help_text="A dedicated directory for the disks and seed ISOs of VMs made from templates (absolute, "
         "normalised, not a system directory, not the template pool); made 0700 on first use. Fixed while the "
@@ -110,6 +111,11 @@ class Host(models.Model):
         except ValueError:
             pass  # the field's validator says why
         a, b = self.pool_path or "", self.vm_pool_path or ""
+        try:  # each alone is its field validator's to refuse
+            hv.validate_pool_path(a)
+            hv.validate_pool_path(b)
+        except ValidationError:
+            a = b = ""
         if a and b and (a == b or a.startswith(b + "/") or b.startswith(a + "/")):
             raise ValidationError({"vm_pool_path": ValidationError(
                 "the VM pool must be its own directory, neither the template pool nor inside or above it",
