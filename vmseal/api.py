@@ -4,6 +4,7 @@ from rest_framework.routers import DefaultRouter
 
 from hostjobs.api import HostJobViewSet, HostViewSet
 from templates.api import TemplateViewSet
+from vms.api import VmViewSet
 from volumes.api import VolumeViewSet
 
 router = DefaultRouter()
@@ -11,3 +12,4 @@ router.register("hosts", HostViewSet)
 router.register("templates", TemplateViewSet)
 router.register("volumes", VolumeViewSet)
 router.register("jobs", HostJobViewSet)
+router.register("vms", VmViewSet)
