@@ -34,7 +34,7 @@ class VmPermissions(permissions.DjangoModelPermissions):
 
 
 class IdentitySerializer(serializers.Serializer):
-    hostname = serializers.CharField(required=False, allow_blank=True, max_length=253,
+    hostname = serializers.CharField(required=False, allow_blank=True, max_length=253, trim_whitespace=False,
                                      help_text="the guest's host name (RFC 1123); default: the VM's name")
     ssh_authorized_keys = serializers.ListField(child=serializers.CharField(max_length=16384, trim_whitespace=False),
                                                 required=False, help_text="public key lines for root")

@@ -64,6 +64,16 @@ def template_problem(t: Template, host=None) -> str:
     disks = list(t.disks.select_related("volume"))
     if not disks:
         return f"template {t.name!r} has no disks"
+    from vms import domain
+
+    try:
+        targets = domain.disk_targets(t.hardware)
+    except ValueError as e:
+        return f"template {t.name!r}: its recorded hardware cannot make a VM: {e}"
+    if sorted(targets) != sorted(d.target for d in disks):
+        return (f"template {t.name!r}: its hardware has disks {', '.join(targets) or 'none'} but its volumes are for "
+                f"{', '.join(d.target for d in disks)} (a read-only disk of the source VM is not copied): it cannot "
+                "make VMs")
     for d in disks:
         v = d.volume
         if v is None or (v.legality, v.type) != (Legality.LEGAL, "SHARED"):
