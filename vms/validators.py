@@ -43,8 +43,9 @@ def normalize_key(value) -> str:
         raise ValidationError(f"not an SSH public key: {e}", code="invalid") from None
     parts = value.strip().split(None, 2)
     comment = parts[2] if len(parts) == 3 else ""
-    if any(not c.isprintable() for c in comment):
-        raise ValidationError("an SSH key comment of printable characters", code="invalid")
+    if any(not c.isprintable() for c in comment) or "\\" in comment:
+        # a backslash ending a line continues it in virt-customize's commands file: none at all
+        raise ValidationError("an SSH key comment of printable characters, without backslashes", code="invalid")
     return " ".join(p for p in (ktype, blob, comment) if p)
 
 
