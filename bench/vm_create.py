@@ -71,6 +71,7 @@ def host_exec(*argv):
 
 def wait_done(job_ids, t0):
     """Until every job is terminal; fail unless all are done. Returns their rows."""
+    job_ids = [str(j) for j in job_ids]
     pending = set(job_ids)
     while pending:
         ended = {str(j.pk): j for j in HostJob.objects.filter(pk__in=pending) if j.is_terminal}
@@ -139,8 +140,8 @@ def main():
         template = api.get("/api/templates/").json()["results"][0]
         tpaths = [d["volume"]["path"] for d in api.get(f"/api/templates/{template['id']}/").json()["disks"]]
         print(f"setup: sealed template {template['name']} in {time.monotonic() - t0:.1f}s", flush=True)
-        post_vm(api, template["id"], "warm")  # the SSH and libvirt connections, outside the measurement
-        wait_done([HostJob.objects.get(vm__name="warm").pk], time.monotonic())
+        # the SSH and libvirt connections, outside the measurement
+        wait_done([post_vm(api, template["id"], "warm")], time.monotonic())
 
         walls, overheads = [], []
         for i in range(args.count):
