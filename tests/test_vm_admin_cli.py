@@ -80,7 +80,10 @@ def test_the_admin_refuses_to_delete_a_template_backing_a_vm_and_deletes_vms_by_
     template.refresh_from_db()
     assert template.status == "ok"
     assert HostJob.objects.count() == jobs, "no delete job"
-    Vm.objects.filter(pk=vm.pk).update(status="ok", phase="DONE")
+    Vm.objects.filter(pk=vm.pk).update(status="ok", phase="DONE", clone="full")
+    page = admin_client.get(f"/admin/templates/template/{template.pk}/delete/").content.decode()
+    assert "web-1" not in page, "a full clone that is done does not hold its template (the delete detaches it)"
+    Vm.objects.filter(pk=vm.pk).update(clone="thin")
     admin_client.post(f"/admin/vms/vm/{vm.pk}/delete/", {"post": "yes"})
     vm = Vm.objects.get(pk=vm.pk)
     assert vm.status == "locked"
