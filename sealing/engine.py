@@ -94,6 +94,25 @@ class Context:
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
 
+    def start_host_job(self, action, step, target, description, args, *, timeout, files=None) -> None:
+        """Start a host job without waiting for it (``host_job`` with the same step and target later
+        re-attaches to it and waits): several jobs then run on the host at once. A job this operation
+        already has for the step and target (a resumed flow) is not started again."""
+        self.check_abort()
+        job = (self.op.children.filter(step=step, action=action, target=target)
+               .exclude(status__in=[JobStatus.FAILED, JobStatus.ABORTED]).first())
+        if job is None:
+            job = runner.new_job(self.obj.host, action, parent=self.op, step=step, target=target,
+                                 description=description, timeout=timeout)
+        if job.status == JobStatus.PENDING:
+            try:
+                runner.start(job, args, files)
+            except HostUnreachable:
+                pass  # host_job's wait re-sends the start until the job's deadline
+            except HostError as e:
+                job.end(JobStatus.FAILED, f"could not start on host {self.obj.host}: {e}", e.code)
+                raise
+
     def host_job(self, action, step, target, description, args, *, timeout, progress_of=None,
                  files=None) -> HostJob:
         self.check_abort()

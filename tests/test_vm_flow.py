@@ -92,6 +92,8 @@ def test_a_thin_vm_is_made_on_overlays_of_the_template_volumes(fake, template):
         assert d.volume.path == f"/var/lib/vmseal/vms/{d.volume_id}.qcow2"
         assert fake.volumes[str(d.volume_id)]["parent"] == str(d.template_volume_id)
         assert d.volume.meta()["parent"] == str(d.template_volume_id)
+    verbs = [c[0] for c in fake.calls if c[0] in ("job-start", "job-status")]
+    assert verbs[:2] == ["job-start", "job-start"], "both disks' clones run on the host at once"
     created = fake.started("create-volume")
     assert [(a.pool, a.parent, a.parent_pool, a.source) for a in created] == [
         ("/var/lib/vmseal/vms", str(d.template_volume_id), "/var/lib/vmseal/templates", None) for d in disks]

@@ -112,8 +112,10 @@ def create_vm(ctx: engine.Context) -> None:
 
 
 def create_disks(ctx: engine.Context) -> None:
+    """Every disk's clone is started on the host first (they run there at once), then each is waited for."""
     vm = ctx.obj
     host = vm.host
+    todo = []
     for disk in vm.disks.select_related("volume", "template_volume"):
         vol, parent = disk.volume, disk.template_volume
         if vol is not None and vol.legality == Legality.LEGAL:
@@ -134,7 +136,12 @@ def create_disks(ctx: engine.Context) -> None:
             args = hostops.create_volume(host.vm_pool_path, vol.id, source=parent.path, source_format=parent.format,
                                          rate_limit=host.copy_rate_limit or 0)
             what, timeout = f"full copy of {disk.target} (template volume {parent.id})", settings.VMSEAL_COPY_TIMEOUT
-        job = ctx.host_job(JobAction.CLONE, VmPhase.CREATE_DISKS, f"volume:{vol.id}", what, args, timeout=timeout)
+        todo.append((vol, (JobAction.CLONE, VmPhase.CREATE_DISKS, f"volume:{vol.id}", what, args), timeout))
+    if len(todo) > 1:
+        for _vol, job_args, timeout in todo:
+            ctx.start_host_job(*job_args, timeout=timeout)
+    for vol, job_args, timeout in todo:
+        job = ctx.host_job(*job_args, timeout=timeout)
         vol.mirror(job.result)
 
 
