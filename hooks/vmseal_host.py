@@ -18,11 +18,19 @@ under umask 077 (what it starts too: qemu-img, virt-sysprep), creates its files 
 and makes a pool directory 0700, volumes and their metadata 0600, and both 0400 once SHARED.
 
   create-volume --pool P --id ID --source PATH --source-format FMT
+  create-volume --pool P --id ID --parent ID --parent-pool P
+                              a thin volume: a qcow2 overlay whose backing file is the parent volume (which
+                              must be SHARED and LEGAL; never written), format always given (-F); its
+                              metadata names the parent
   update-volume --pool P --id ID --generation N [--legality L] [--type T]
   delete-volume --pool P --id ID
   volume-info   --pool P --id ID
   pool-scan     --pool P        every file of the pool (lstat only: no symlink followed, no unknown file
                               opened), each volume's metadata, and the files that are not a volume's
+  write-seed    --pool P --uuid U   stdin: a VM's NoCloud seed ISO (at most 16 MiB), written 0600 as
+                              P/U.seed.iso (atomically); makes the VM pool and the console log directory
+                              (/var/lib/vmseal/console) 0700
+  delete-seed   --pool P --uuid U
   run [--writable ID]... [--pool P] [--env K=V]... [--report-disk NAME] -- ARGV...
                               refuses SHARED volumes, then runs ARGV; stops it if the pool stays full (a
                               paused appliance never ends by itself). --report-disk: a 1 MiB raw file
@@ -130,14 +138,29 @@ def image_info(path):
                          text=True).stdout
     info = json.loads(out)
     return {"virtual_size": info.get("virtual-size", 0), "actual_size": info.get("actual-size", 0),
-            "format": info.get("format")}
+            "format": info.get("format"), "backing": info.get("full-backing-filename") or info.get("backing-filename")}
 
 
 def cmd_create(a):
     data, meta_path = vol_paths(a.pool, a.id)
+    if bool(a.source) == bool(a.parent) or bool(a.source) != bool(a.source_format):
+        raise Refused("bad_arguments", "create-volume needs either --source and --source-format, or --parent")
+    if a.parent:
+        if not a.parent_pool or os.path.normpath(a.parent_pool) == os.path.normpath(a.pool):
+            raise Refused("bad_pool", "a thin volume's parent is in another pool (--parent-pool)")
+        backing, parent_meta_path = vol_paths(a.parent_pool, a.parent)
+        with pool_lock(a.parent_pool, shared=True):
+            parent = read_meta(parent_meta_path)
+        if (parent.get("type"), parent.get("legality")) != (rules.SHARED, rules.LEGAL):
+            raise Refused("parent_not_shared", f"volume {a.parent} is {parent.get('type')}/{parent.get('legality')}: "
+                                               "only a SHARED, LEGAL volume can back another")
+        command = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", parent.get("format", "qcow2")]
+    else:
+        rate = ["-r", str(a.rate_limit)] if a.rate_limit else []
+        command = ["qemu-img", "convert", *rate, "-f", a.source_format, "-O", "qcow2", a.source]
     os.makedirs(a.pool, mode=0o700, exist_ok=True)  # an existing pool keeps its mode (libvirt made it 0700)
     # Creation in progress: ILLEGAL until the data is complete (vdsm does the same).
-    meta = {"id": a.id, "type": rules.LEAF, "legality": rules.ILLEGAL, "generation": 0, "parent": None,
+    meta = {"id": a.id, "type": rules.LEAF, "legality": rules.ILLEGAL, "generation": 0, "parent": a.parent or None,
             "format": "qcow2"}
     with pool_lock(a.pool):
         if os.path.exists(meta_path):
@@ -145,9 +168,7 @@ def cmd_create(a):
         write_meta(meta_path, meta)
     tmp = data + ".part"
     # qemu-img creates it 0644 less the umask (077 here): 0600, never readable by others even for a moment
-    rate = ["-r", str(a.rate_limit)] if a.rate_limit else []
-    proc = subprocess.run(["qemu-img", "convert", *rate, "-f", a.source_format, "-O", "qcow2", a.source, tmp],
-                          capture_output=True, text=True)
+    proc = subprocess.run([*command, tmp], capture_output=True, text=True)
     if proc.returncode != 0:
         try:
             os.unlink(tmp)
@@ -155,7 +176,7 @@ def cmd_create(a):
             pass
         why = proc.stderr.strip() or proc.stdout.strip() or (
             f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}")
-        raise RuntimeError("qemu-img convert failed: " + why)
+        raise RuntimeError(f"qemu-img {command[1]} failed: " + why)
     with pool_lock(a.pool):
         if _read_meta_or_none(meta_path) != meta:
             raise Refused("volume_changed", f"volume {a.id} was changed or deleted while its data was copied")
@@ -281,6 +302,46 @@ def cmd_pool_scan(a):
             vol["meta_error"] = "no metadata file"
     return {"pool": a.pool, "exists": True, "volumes": [volumes[k] for k in sorted(volumes)], "unknown": unknown,
             "files": files}
+
+
+CONSOLE_DIR = "/var/lib/vmseal/console"  # where virtlogd writes VMs' serial console logs
+SEED_MAX = 16 << 20
+
+
+def seed_path(pool, vm_uuid):
+    if not ID_RE.match(vm_uuid):
+        raise Refused("bad_uuid", f"not a VM uuid: {vm_uuid!r}")
+    if not os.path.isabs(pool) or os.path.normpath(pool) != pool:
+        raise Refused("bad_pool", "pool path must be absolute and normalised")
+    return os.path.join(pool, vm_uuid + ".seed.iso")
+
+
+def cmd_write_seed(a):
+    path = seed_path(a.pool, a.uuid)
+    data = sys.stdin.buffer.read(SEED_MAX + 1)
+    if not data or len(data) > SEED_MAX:
+        raise Refused("bad_seed", f"a seed image of 1 byte to {SEED_MAX} bytes on stdin")
+    for d in (a.pool, CONSOLE_DIR):
+        os.makedirs(d, mode=0o700, exist_ok=True)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return {"path": path, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def cmd_delete_seed(a):
+    path = seed_path(a.pool, a.uuid)
+    for p in (path + ".tmp", path):
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+    return {"path": path, "deleted": True}
 
 
 REPORT_MAGIC = b"VMSEAL-REPORT-V1"  # hooks/guest_audit.sh looks for it
@@ -705,8 +766,10 @@ def parser():
     c = sub.add_parser("create-volume")
     c.add_argument("--pool", required=True)
     c.add_argument("--id", required=True)
-    c.add_argument("--source", required=True)
-    c.add_argument("--source-format", required=True, choices=["raw", "qcow2"])
+    c.add_argument("--source")
+    c.add_argument("--source-format", choices=["raw", "qcow2"])
+    c.add_argument("--parent")
+    c.add_argument("--parent-pool")
     c.add_argument("--rate-limit", type=int, default=0)
     u = sub.add_parser("update-volume")
     u.add_argument("--pool", required=True)
@@ -719,6 +782,10 @@ def parser():
         d.add_argument("--pool", required=True)
         d.add_argument("--id", required=True)
     sub.add_parser("pool-scan").add_argument("--pool", required=True)
+    for name in ("write-seed", "delete-seed"):
+        w = sub.add_parser(name)
+        w.add_argument("--pool", required=True)
+        w.add_argument("--uuid", required=True)
     r = sub.add_parser("run")
     r.add_argument("--pool", default="/")
     r.add_argument("--writable", action="append", default=[])
@@ -739,7 +806,8 @@ def parser():
 HANDLERS = {"create-volume": cmd_create, "update-volume": cmd_update, "delete-volume": cmd_delete,
             "volume-info": cmd_info, "run": cmd_run, "job-start": cmd_job_start, "job-exec": cmd_job_exec,
             "job-status": cmd_job_status, "job-abort": cmd_job_abort, "job-clear": cmd_job_clear,
-            "host-info": cmd_host_info, "sysprep-operations": cmd_sysprep_operations, "pool-scan": cmd_pool_scan}
+            "host-info": cmd_host_info, "sysprep-operations": cmd_sysprep_operations, "pool-scan": cmd_pool_scan,
+            "write-seed": cmd_write_seed, "delete-seed": cmd_delete_seed}
 
 
 def main(argv=None):

@@ -13,7 +13,8 @@ from hostjobs.models import Host, HostJob
 class HostSerializer(serializers.ModelSerializer):
     class Meta:
         model = Host
-        fields = ["id", "name", "address", "port", "ssh_user", "host_key", "pool_path", "guestfs_backend_settings",
+        fields = ["id", "name", "address", "port", "ssh_user", "host_key", "pool_path", "vm_pool_path",
+                  "guestfs_backend_settings",
                   "max_parallel_seals", "seal_timeout", "copy_rate_limit", "callback_url", "libvirt_uri", "created"]
         read_only_fields = ["libvirt_uri", "created"]
 

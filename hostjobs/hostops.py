@@ -123,6 +123,33 @@ def create_volume(pool: str, vol_id, *, source: str, source_format: str, rate_li
             source_format, *(["--rate-limit", str(rate_limit)] if rate_limit else [])]
 
 
+def create_thin_volume(pool: str, vol_id, *, parent_pool: str, parent) -> list[str]:
+    """A new LEAF qcow2 volume whose backing file is the SHARED volume ``parent`` of ``parent_pool``
+    (``qemu-img create -b ... -F ...``): the parent is only read, ever."""
+    return ["create-volume", "--pool", pool, "--id", str(vol_id), "--parent", str(parent), "--parent-pool",
+            parent_pool]
+
+
+def write_seed(pool: str, vm_uuid) -> list[str]:
+    """Write a VM's seed ISO (its bytes on the call's stdin) as ``<pool>/<uuid>.seed.iso``, 0600."""
+    return ["write-seed", "--pool", pool, "--uuid", str(vm_uuid)]
+
+
+def delete_seed(pool: str, vm_uuid) -> list[str]:
+    return ["delete-seed", "--pool", pool, "--uuid", str(vm_uuid)]
+
+
+def seed_path(pool: str, vm_uuid) -> str:
+    return f"{pool}/{vm_uuid}.seed.iso"
+
+
+CONSOLE_DIR = "/var/lib/vmseal/console"  # made by write-seed, 0700
+
+
+def console_log(vm_uuid) -> str:
+    return f"{CONSOLE_DIR}/{vm_uuid}.log"
+
+
 def update_volume(pool: str, vol_id, *, generation: int, legality: str | None = None,
                   type: str | None = None) -> list[str]:
     """vdsm's update_volume: the change, if the host's volume is still at ``generation``."""

@@ -49,6 +49,16 @@ class Host(models.Model):
         help_text="A dedicated directory for the libvirt dir pool holding template volumes (absolute, normalised, "
         "not a system directory); created on first use, made root's with mode 0711. Fixed while the host has volumes.",
     )
+    vm_pool_path = models.CharField(
+        "VM pool path",
+        max_length=255,
+        default="/var/lib/vmseal/vms",
+        db_default="/var/lib/vmseal/vms",  # rows written by code of an older schema get it too
+        validators=[hv.validate_pool_path],
+        help_text="A dedicated directory for the disks and seed ISOs of VMs made from templates (absolute, "
+        "normalised, not a system directory, not the template pool); made 0700 on first use. Fixed while the "
+        "host has VM volumes.",
+    )
     guestfs_backend_settings = models.CharField(
         max_length=128,
         blank=True,
@@ -100,6 +110,16 @@ class Host(models.Model):
             self.host_key = " ".join(parse_host_key(self.host_key))  # stored as "<type> <base64>"
         except ValueError:
             pass  # the field's validator says why
+        a, b = self.pool_path or "", self.vm_pool_path or ""
+        try:  # each alone is its field validator's to refuse
+            hv.validate_pool_path(a)
+            hv.validate_pool_path(b)
+        except ValidationError:
+            a = b = ""
+        if a and b and (a == b or a.startswith(b + "/") or b.startswith(a + "/")):
+            raise ValidationError({"vm_pool_path": ValidationError(
+                "the VM pool must be its own directory, neither the template pool nor inside or above it",
+                code="overlap")})
         try:
             self.check_pool_path_change()
         except HostInUse as e:
@@ -109,10 +129,14 @@ class Host(models.Model):
         """The pool directory is where the host's volumes are: it cannot move while there are any."""
         if self.pk is None:
             return
-        stored = Host.objects.filter(pk=self.pk).values_list("pool_path", flat=True).first()
-        if stored is not None and stored != self.pool_path and self.volumes.exists():
-            raise HostInUse(f"pool_path cannot change while host {self.name} has volumes in {stored}",
-                            field="pool_path")
+        stored = Host.objects.filter(pk=self.pk).values("pool_path", "vm_pool_path").first()
+        if stored is None:
+            return
+        for name in ("pool_path", "vm_pool_path"):
+            moved = stored[name] != getattr(self, name)
+            if moved and self.volumes.filter(path__startswith=stored[name] + "/").exists():
+                raise HostInUse(f"{name} cannot change while host {self.name} has volumes in {stored[name]}",
+                                field=name)
 
     def check_deletable(self) -> None:
         """A host is deleted only once nothing refers to it: its templates, volumes and jobs go first."""
@@ -154,6 +178,10 @@ class JobAction(models.TextChoices):
     UPDATE_VOLUME = "update_volume", "Update volume"
     DELETE = "delete", "Delete volume"
     SEAL = "seal", "Seal"
+    CREATE_VM = "create_vm", "Create VM"
+    DELETE_VM = "delete_vm", "Delete VM"
+    CLONE = "clone", "Clone volume"
+    CUSTOMIZE = "customize", "Customize"
 
 
 ACTION_KIND = {
@@ -163,6 +191,10 @@ ACTION_KIND = {
     JobAction.UPDATE_VOLUME: JobKind.STORAGE,
     JobAction.DELETE: JobKind.STORAGE,
     JobAction.SEAL: JobKind.VIRT,
+    JobAction.CREATE_VM: JobKind.OPERATION,
+    JobAction.DELETE_VM: JobKind.OPERATION,
+    JobAction.CLONE: JobKind.STORAGE,
+    JobAction.CUSTOMIZE: JobKind.VIRT,
 }
 
 
@@ -182,7 +214,7 @@ TRANSITIONS = {
     JobStatus.ABORTING: {JobStatus.ABORTED, JobStatus.FAILED},
 }
 # Deletes run to their end once requested: the template is locked until its delete operation ends.
-UNCANCELLABLE = frozenset({JobAction.DELETE_TEMPLATE, JobAction.DELETE})
+UNCANCELLABLE = frozenset({JobAction.DELETE_TEMPLATE, JobAction.DELETE_VM, JobAction.DELETE})
 LOG_LIMIT = 256 * 1024  # keep the tail of very long logs
 
 

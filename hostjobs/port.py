@@ -5,8 +5,10 @@ Everything the flows, the runner and the host scans ask of a hypervisor host goe
 
     helper(args)          one verb of vmseal's helper on the host (``hooks/vmseal_host.py``), its
                           arguments built by ``hostjobs.hostops``; returns the verb's JSON answer
-    domain_info, check_sources, ensure_pool, refresh_pool, list_domains
+    domain_info, check_sources, ensure_pool, refresh_pool, list_domains, domain_xml, domain_state
                           libvirt's view of the host (``hostjobs.virt``)
+    define_domain, start_domain, destroy_domain, undefine_domain
+                          libvirt's changes to a VM's domain (the VM flow's, in the worker only)
 
 The real port (SSHPort) runs the helper over the host's pinned SSH connection (``hostops.helper``) and
 libvirt over ``qemu+ssh`` (``hostjobs.virt``). Both raise vmseal's own errors (HostUnreachable,
@@ -48,6 +50,29 @@ class HostPort:
     def ensure_pool(self) -> None:
         raise NotImplementedError
 
+    def domain_xml(self, name: str) -> str:
+        """The domain's inactive (persistent) definition."""
+        raise NotImplementedError
+
+    def domain_state(self, name: str) -> str:
+        """Its state as ``virt.STATE_NAMES`` says ("running", "shut off", ...); DomainNotFound if none."""
+        raise NotImplementedError
+
+    def define_domain(self, xml: str) -> str:
+        """Define a persistent domain; its UUID."""
+        raise NotImplementedError
+
+    def start_domain(self, name: str) -> None:
+        raise NotImplementedError
+
+    def destroy_domain(self, name: str) -> None:
+        """Power it off at once (a running domain); a domain not running is left as it is."""
+        raise NotImplementedError
+
+    def undefine_domain(self, name: str) -> None:
+        """Remove its definition (with its NVRAM); DomainNotFound if none."""
+        raise NotImplementedError
+
     def refresh_pool(self) -> None:
         raise NotImplementedError
 
@@ -69,6 +94,24 @@ class SSHPort(HostPort):
 
     def ensure_pool(self):
         virt.ensure_pool(self.host)
+
+    def domain_xml(self, name):
+        return virt.domain_xml(self.host, name)
+
+    def domain_state(self, name):
+        return virt.domain_state(self.host, name)
+
+    def define_domain(self, xml):
+        return virt.define_domain(self.host, xml)
+
+    def start_domain(self, name):
+        virt.start_domain(self.host, name)
+
+    def destroy_domain(self, name):
+        virt.destroy_domain(self.host, name)
+
+    def undefine_domain(self, name):
+        virt.undefine_domain(self.host, name)
 
     def refresh_pool(self):
         virt.refresh_pool(self.host)

@@ -27,7 +27,8 @@ HOSTNAME_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,6
 POOL_FORBIDDEN_TREES = (
     "/bin", "/boot", "/dev", "/etc", "/home", "/lost+found", "/proc", "/root", "/run", "/sbin", "/sys", "/tmp",
     "/usr", "/var/lib/libvirt", "/var/lib/vmseal/hooks.json", "/var/lib/vmseal/hooks.json.tmp",
-    "/var/lib/vmseal/jobs", "/var/lib/vmseal/lib", "/var/lock", "/var/run", "/var/tmp",
+    "/var/lib/vmseal/jobs", "/var/lib/vmseal/lib", "/var/lib/vmseal/console", "/var/lib/vmseal/locks",
+    "/var/lock", "/var/run", "/var/tmp",
 )  # and every top-level directory whose name starts with "lib" (/lib, /lib64, /libx32, ...)
 # Shared parents: a dedicated directory below one is fine (/srv/vmseal, /var/lib/vmseal/templates),
 # the directory itself is not.

@@ -278,6 +278,48 @@ def domain_info(host, name: str) -> DomainInfo:
     return call(host, fn)
 
 
+def domain_xml(host, name: str) -> str:
+    return call(host, lambda conn: conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+
+
+def domain_state(host, name: str) -> str:
+    def fn(conn):
+        state, _reason = conn.lookupByName(name).state()
+        return STATE_NAMES.get(state, str(state))
+
+    return call(host, fn)
+
+
+def define_domain(host, xml: str) -> str:
+    """Define a persistent domain from ``xml`` (validated against libvirt's schema); its UUID."""
+    flags = getattr(libvirt, "VIR_DOMAIN_DEFINE_VALIDATE", 0)
+    return call(host, lambda conn: conn.defineXMLFlags(xml, flags).UUIDString())
+
+
+def start_domain(host, name: str) -> None:
+    call(host, lambda conn: conn.lookupByName(name).create())
+
+
+def destroy_domain(host, name: str) -> None:
+    def fn(conn):
+        dom = conn.lookupByName(name)
+        if dom.isActive():
+            dom.destroy()
+
+    call(host, fn)
+
+
+def undefine_domain(host, name: str) -> None:
+    def fn(conn):
+        dom = conn.lookupByName(name)
+        try:
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+        except libvirt.libvirtError:
+            dom.undefine()
+
+    call(host, fn)
+
+
 def list_domains(host, *, stopped_only: bool = False) -> list[DomainInfo]:
     """The host's VMs with their disks; each disk's virtual size where libvirt can tell."""
     def fn(conn):

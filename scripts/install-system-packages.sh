@@ -2,7 +2,7 @@
 # Debian packages vmseal and its tests need (Debian 12). Idempotent: does nothing when all are there.
 set -euo pipefail
 PKGS=(
-  libvirt-daemon-system libvirt-clients libvirt-dev pkg-config gcc
+  libvirt-daemon-system libvirt-clients libxml2-utils libvirt-dev pkg-config gcc
   qemu-system-x86 qemu-utils
   libguestfs-tools python3-guestfs linux-image-amd64
   openssh-server openssh-client iproute2 util-linux e2fsprogs

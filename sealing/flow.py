@@ -38,17 +38,15 @@ This module reads top to bottom: run, the steps, then rollback and delete.
 from __future__ import annotations
 
 import logging
-import time
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Q
 
 from hostjobs import hostops, port, runner
-from hostjobs.errors import DomainNotStopped, HostError, HostUnreachable, InvalidTransition, VmsealError
+from hostjobs.errors import DomainNotStopped, HostError
 from hostjobs.models import HostJob, JobAction, JobStatus
-from sealing import sysprep
-from sealing.lease import Lease, LeaseKeeper, LeaseLost
+from sealing import engine, sysprep
+from sealing.engine import CANCELLED, Cancelled, Context, FlowFailed, StepFailed  # noqa: F401 - the flow's vocabulary
+from sealing.lease import Lease
 from templates.models import Phase, Template, TemplateDisk
 from templates.states import next_phase
 from volumes import rules
@@ -57,162 +55,29 @@ from webhooks import events as webhooks
 
 log = logging.getLogger("vmseal.flow")
 
-CANCELLED = "cancelled on request"  # the reason of a cancel that gave none
 PROGRESS = {Phase.CREATE_TEMPLATE: 0, Phase.COPY_DISKS: 5, Phase.ASSIGN_ILLEGAL: 20, Phase.SEAL: 25,
             Phase.ASSIGN_LEGAL_SHARED: 95, Phase.DONE: 100}
 ABORTABLE = (Phase.CREATE_TEMPLATE, Phase.COPY_DISKS, Phase.ASSIGN_ILLEGAL, Phase.SEAL)
-
-
-class StepFailed(VmsealError):
-    """A step's failure, with what the step found before it failed (``found``: recorded by the rollback)."""
-
-    def __init__(self, message: str, *, found: dict | None = None, detail: str = ""):
-        super().__init__(message, detail=detail)
-        self.found = found or {}
-
-
-class FlowFailed(StepFailed):
-    code = "flow_failed"
-
-
-class Cancelled(VmsealError):
-    code = "aborted"
 
 
 class GuestRefused(StepFailed):
     code = "guest_refused"
 
 
-
-
-class Context:
-    """What a step needs besides the template: its operation job, the host's port (``hostjobs.port``),
-    the lease heartbeat and the abort check."""
-
-    def __init__(self, t: Template, op: HostJob, lease: Lease):
-        self.t, self.op, self.lease = t, op, lease
-        self.host = port.for_host(t.host)
-
-    def heartbeat(self) -> None:
-        self.lease.heartbeat()
-
-    def check_abort(self) -> None:
-        """Raise Cancelled, with the cancel's reason, once a cancel has reached the operation."""
-        if self.op.abort_requested():
-            raise Cancelled(self.op.error or CANCELLED)
-
-    def host_call(self, fn, *args):
-        """A direct call to the host (libvirt over SSH): an unreachable host is retried with backoff
-        for up to VMSEAL_HOST_RETRY seconds (sshd or libvirtd restarting, a link flapping) before the
-        step fails. Host jobs need no such retry: they run on the host and are found again."""
-        deadline = time.monotonic() + settings.VMSEAL_HOST_RETRY
-        delay, told = 1.0, False
-        while True:
-            try:
-                return fn(*args)
-            except HostUnreachable as e:
-                if time.monotonic() + delay > deadline:
-                    raise
-                if not told:
-                    self.op.append_log(f"host {self.t.host} unreachable ({e}); retrying for up to "
-                                       f"{settings.VMSEAL_HOST_RETRY}s\n")
-                    told = True
-            self.heartbeat()
-            self.check_abort()
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
-
-    def host_job(self, action, step, target, description, args, *, timeout, progress_of=None,
-                 files=None) -> HostJob:
-        self.check_abort()
-        try:
-            return runner.run(self.t.host, action, args, parent=self.op, step=step, target=target,
-                              description=description, timeout=timeout, progress_of=progress_of,
-                              heartbeat=self.heartbeat, should_abort=self.op.abort_requested, files=files)
-        except runner.JobAborted:  # the op's abort_requested() that stopped the job has read the reason
-            raise Cancelled(self.op.error or CANCELLED) from None
-
-
-# -- the flow ----------------------------------------------------------------------------------------------
+# -- the flow (the engine runs it: sealing.engine) -----------------------------------------------------------
 def run(template_id: int) -> None:
-    lease = Lease.acquire(template_id)
-    if lease is None:
-        return  # another worker runs this flow
-    keeper = LeaseKeeper(lease)
-    keeper.start()
-    try:
-        _run(template_id, lease)
-    except LeaseLost as e:  # the flow is another worker's now: leave everything to it
-        log.warning("%s; this worker stops", e)
-    finally:
-        keeper.stop()
-        lease.release()
-
-
-def _run(template_id: int, lease: Lease) -> None:
-    t = Template.objects.select_related("host", "job").filter(pk=template_id).first()
-    if t is not None and t.job and t.job.action == JobAction.DELETE_TEMPLATE:
-        delete(t, t.job, lease)
-        return
-    if t is None or t.phase == Phase.DONE:
-        return
-    op = t.job
-    if t.phase == Phase.CLEANUP_FAILED:  # a clean-up that could not finish: try again
-        rollback(t, op, t.error or "clean-up retried", "rollback", lease)
-        return
-    if op.status == JobStatus.PENDING:
-        op.start()
-    if t.phase == Phase.ROLLBACK or op.status in (JobStatus.ABORTED, JobStatus.ABORTING):
-        rollback(t, op, t.error or op.error or CANCELLED, "aborted", lease)
-        return
-    ctx = Context(t, op, lease)
-    phase = t.phase
-    try:
-        while True:
-            phase = t.phase
-            started = time.monotonic()
-            found = STEPS[phase](ctx) or {}
-            ctx.check_abort()
-            lease.heartbeat()  # a phase is only recorded by the flow's owner
-            line = f"{phase} done in {time.monotonic() - started:.1f}s\n"
-            following = next_phase(phase, t.seal)
-            if following == Phase.DONE:
-                _finish(t, op, line, found)
-                return
-            t.advance(following, **found)
-            op.append_log(line)
-            op.set_progress(PROGRESS[following])
-    except LeaseLost:
-        raise
-    except Exception as e:  # every failure fails the whole operation
-        code = getattr(e, "code", "error")
-        message = f"{phase} failed: {e}" if not isinstance(e, Cancelled) else f"cancelled in {phase}: {e}"
-        if not isinstance(e, VmsealError):
-            log.exception("template %s: unexpected error in %s", t.pk, phase)
-        rollback(t, op, message, code, lease, found=getattr(e, "found", None))
+    engine.run(FLOW, template_id)
 
 
 def _finish(t: Template, op: HostJob, line: str, found: dict) -> None:
-    """The template turns ok and its operation done in one transaction: a client never sees one without
-    the other, and a cancel landing at the end either came first (the operation's finish is refused,
-    nothing of this is written, and the flow rolls back) or is refused (the operation is done)."""
-    try:
-        with transaction.atomic():
-            t.finish(**found)
-            op.append_log(line)
-            op.set_progress(PROGRESS[Phase.DONE])
-            op.end(JobStatus.DONE)
-            webhooks.emit("template.ok", t, **_template_data(t))  # sent once this commits
-    except Exception:
-        t.refresh_from_db()  # as the database has it again: still in its last step
-        op.refresh_from_db(fields=["log", "progress"])
-        raise
+    engine.finish(FLOW, t, op, line, found)
 
 
 # -- steps ---------------------------------------------------------------------------------------------
 def create_template(ctx: Context) -> dict:
     """Re-check the source in the worker (the request's check may be stale), record its disks, and
-    make sure the host's template pool exists. Found: the VM's UUID."""
+    make sure the host's template pool exists. Found: the VM's UUID and its hardware (its domain XML
+    without identity or state, ``vms.domain.scrub``), what VMs made from the template are built from."""
     t = ctx.t
     info = ctx.host_call(ctx.host.domain_info, t.vm_name)
     if not info.stopped:
@@ -229,7 +94,9 @@ def create_template(ctx: Context) -> dict:
             for i, d in enumerate(writable)
         )
     ctx.host_call(ctx.host.ensure_pool)
-    return {"vm_uuid": info.uuid}
+    from vms import domain  # the VMs made from this template are built from its source's hardware
+
+    return {"vm_uuid": info.uuid, "hardware": domain.scrub(ctx.host_call(ctx.host.domain_xml, t.vm_name))}
 
 
 def copy_disks(ctx: Context) -> None:
@@ -328,6 +195,33 @@ STEPS = {
 }
 
 
+class TemplateFlow(engine.Flow):
+    model = Template
+    kind = "template"
+    delete_action = JobAction.DELETE_TEMPLATE
+    steps = STEPS
+    progress = PROGRESS
+    ok_event, failed_event = "template.ok", "template.failed"
+
+    def event_data(self, t):
+        return _template_data(t)
+
+    def next_phase(self, t, phase):
+        return next_phase(phase, t.seal)
+
+    def remove(self, t, op, lease):
+        return delete_volumes(t, op, Phase.ROLLBACK, "rollback: delete", lease)
+
+    def delete(self, t, op, lease):
+        delete(t, op, lease)
+
+    def removed_line(self, t):
+        return "rollback done: template and volumes removed\n"
+
+
+FLOW = TemplateFlow()
+
+
 # -- building blocks ------------------------------------------------------------------------------------
 def update_volume(ctx: Context, step: str, vol: Volume, *, legality: str | None = None,
                   type: str | None = None) -> None:
@@ -345,47 +239,11 @@ def update_volume(ctx: Context, step: str, vol: Volume, *, legality: str | None 
 
 
 def rollback(t: Template, op: HostJob, message: str, code: str, lease: Lease, found: dict | None = None) -> None:
-    """Stop the operation's host jobs and remove what it made. ``found``: what the failed step read
-    (recorded with the move to ROLLBACK). A rollback resumed by another worker goes on where it was."""
-    lease.heartbeat()  # only the flow's owner rolls it back
-    log.warning("template %s (%s): %s; rolling back", t.pk, t.name, message)
-    if t.phase != Phase.ROLLBACK:
-        t.start_rollback(message, **(found or {}))
-        webhooks.emit("template.failed", t, **_template_data(t))
-    op.append_log(message + "\n")
-    # Host jobs that may still run there (their result never arrived, or a cancel): stop them first,
-    # so nothing writes to a volume being deleted.
-    for job in op.children.filter(Q(error_code__in=["deadline"]) | Q(status__in=[JobStatus.PENDING, JobStatus.RUNNING,
-                                                                                 JobStatus.ABORTING])):
-        try:
-            runner.abort(job, "abandoned by the rollback")
-        except HostError:
-            pass
-        job.end(JobStatus.FAILED, "abandoned by the rollback", "rollback")
-    leftovers = delete_volumes(t, op, Phase.ROLLBACK, "rollback: delete", lease)
-    if leftovers:
-        t.rollback_incomplete(t.error if "volumes left ILLEGAL" in t.error
-                              else f"{message}; volumes left ILLEGAL on the host: {'; '.join(leftovers)}")
-        op.append_log(f"clean-up incomplete: {'; '.join(leftovers)}\n")
-    else:
-        t.delete()
-        op.append_log("rollback done: template and volumes removed\n")
-    _end_operation(op, message, code)
+    """Stop the operation's host jobs and remove what it made (``engine.rollback``)."""
+    engine.rollback(FLOW, t, op, message, code, lease, found)
 
 
-def _end_operation(op: HostJob, message: str, code: str) -> None:
-    """The operation ends aborted if a cancel reached it, else failed. A cancel can land between the
-    read and the write (RUNNING -> ABORTING): then read again, so the operation never stays unended."""
-    while True:
-        op.refresh_from_db(fields=["status"])
-        try:
-            if op.status == JobStatus.ABORTING:
-                op.end(JobStatus.ABORTED, message, "aborted")
-            elif op.status == JobStatus.RUNNING and op.end(JobStatus.FAILED, message, code):
-                webhooks.emit("job.failed", op, **_job_data(op))
-            return
-        except InvalidTransition:
-            continue
+_end_operation = engine.end_operation
 
 
 def delete_volumes(t: Template, op: HostJob, step: str, label: str, lease: Lease) -> list[str]:
@@ -421,12 +279,21 @@ def delete(t: Template, op: HostJob, lease: Lease) -> None:
         return
     if op.status == JobStatus.PENDING:
         op.start()
+    from vms.models import Clone, Vm
+
+    backed = list(Vm.objects.filter(template=t, clone=Clone.THIN).values_list("name", flat=True))
+    if backed:  # made after the request's check: the template's volumes back them now
+        message = f"template {t.name!r} backs thin VMs: {', '.join(backed)}"
+        t.delete_incomplete(message)
+        op.end(JobStatus.FAILED, message, "template_in_use")
+        return
+    Vm.objects.filter(template=t).update(template=None)  # full clones are independent of it
     leftovers = delete_volumes(t, op, "DELETE", "delete", lease)
     if leftovers:
         t.delete_incomplete(f"delete incomplete: {'; '.join(leftovers)}")
         webhooks.emit("template.failed", t, **_template_data(t))
         if op.end(JobStatus.FAILED, t.error, "delete_incomplete"):
-            webhooks.emit("job.failed", op, **_job_data(op))
+            webhooks.emit("job.failed", op, **engine.job_data(op))
     else:
         gone = {"type": "template", "id": t.pk, "repr": str(t)}
         data = _template_data(t)
@@ -439,11 +306,6 @@ def _template_data(t: Template) -> dict:
     """What a template's webhook events carry besides its type, id and name."""
     return {"name": t.name, "host": t.host_id, "vm": t.vm_name, "status": t.status, "sealed": t.sealed,
             "error": t.error, "job": str(t.job_id) if t.job_id else None}
-
-
-def _job_data(op: HostJob) -> dict:
-    return {"action": op.action, "target": op.target, "status": op.status, "error": op.error,
-            "error_code": op.error_code, "host": op.host_id}
 
 
 def _volumes(t: Template) -> list[Volume]:

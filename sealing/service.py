@@ -89,6 +89,18 @@ def start(template: Template) -> HostJob:
     return op
 
 
+def check_no_vms(t: Template) -> None:
+    """A template whose volumes back thin VMs (or VMs still being made from it) cannot be deleted."""
+    from vms.models import Clone, Vm
+
+    held = list(Vm.objects.filter(template=t).exclude(clone=Clone.FULL, phase="DONE").order_by("name")
+                .values_list("name", "clone"))
+    if held:
+        names = ", ".join(f"{n} ({c})" for n, c in held)
+        raise Refused("template", f"template {t.name!r} backs VMs: {names}: delete them first (a thin VM's disks are "
+                                  "overlays on the template's volumes)", "template_in_use", 409)
+
+
 def request_delete(template: Template) -> HostJob:
     """Delete a template and its volumes on the host, as an operation job. Refused while a job runs
     (an operation, or the rollback of a failed one, which removes the template itself)."""
@@ -97,6 +109,7 @@ def request_delete(template: Template) -> HostJob:
         t = Template.objects.select_for_update().get(pk=template.pk)
         if not t.allows("lock_for_delete"):
             raise busy
+        check_no_vms(t)
         op = HostJob.create(t.host, JobAction.DELETE_TEMPLATE, target=f"template:{t.pk}",
                             description=f"delete template {t.name!r} and its volumes")
         try:

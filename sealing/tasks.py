@@ -16,14 +16,19 @@ def run_template_flow(template_id: int) -> None:
 
 
 def sweep() -> int:
-    """Resume flows whose worker died (unfinished template, lease expired) and retry clean-ups that
-    could not finish (a host was unreachable). Runs on a schedule and when a worker starts."""
+    """Resume flows whose worker died (an unfinished template or VM, lease expired) and retry clean-ups
+    that could not finish (a host was unreachable). Runs on a schedule and when a worker starts."""
+    from templates.models import Template
+    from vms.models import Vm
+
     now = timezone.now()
     n = 0
-    for pk, name in lease.orphaned().values_list("pk", "name"):
-        async_task("sealing.tasks.run_template_flow", pk, task_name=f"template-{pk}-resume-{now.timestamp():.0f}")
-        audit.record("template.resume", object_type_="template", object_id=pk, object_repr=name)  # as "system"
-        n += 1
+    for model, task, kind in ((Template, "sealing.tasks.run_template_flow", "template"),
+                              (Vm, "vms.tasks.run_vm_flow", "vm")):
+        for pk, name in lease.orphaned(model).values_list("pk", "name"):
+            async_task(task, pk, task_name=f"{kind}-{pk}-resume-{now.timestamp():.0f}")
+            audit.record(f"{kind}.resume", object_type_=kind, object_id=pk, object_repr=name)  # as "system"
+            n += 1
     return n
 
 

@@ -106,6 +106,18 @@ class TemplateAdmin(admin.ModelAdmin):
             raise
         messages.info(request, f"Template {obj.name!r} is being created; its job is {obj.job_id}.")
 
+    def get_deleted_objects(self, objs, request):
+        """VMs made from a template hold it (``Vm.template`` is PROTECT): the admin names them and refuses,
+        as the API's 409 does, while any backs on it (thin) or is being made; full clones that are done
+        are independent: the delete detaches them, so they do not hold the template here."""
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        try:
+            for t in objs:
+                service.check_no_vms(t)
+        except service.Refused:
+            return deleted, counts, perms_needed, protected
+        return deleted, counts, perms_needed, []
+
     def delete_model(self, request, obj):
         """Deleting goes through a job that deletes the volumes on the host first."""
         try:

@@ -81,7 +81,7 @@ MOVES = {
     "volumes_missing": ({(OK, Phase.DONE)}, F, KEEP),
 }
 # What a step found, recorded by the move that ends it (advance, finish, start_rollback).
-FINDINGS = frozenset({"vm_uuid", "guest_os", "audit"})
+FINDINGS = frozenset({"vm_uuid", "guest_os", "audit", "hardware"})
 
 
 def steps(seal: bool) -> list[str]:
@@ -96,13 +96,16 @@ def next_phase(phase: str, seal: bool) -> str:
     return order[order.index(phase) + 1]
 
 
-def check_tables(old: tuple[str, str], new: tuple[str, str]) -> None:
-    """Each half of the state that changes must change as its table allows; a move changes something."""
+def check_tables(old: tuple[str, str], new: tuple[str, str], status_transitions=None, phase_transitions=None) -> None:
+    """Each half of the state that changes must change as its table allows; a move changes something.
+    (The tables are this module's unless given: vms.states has its own.)"""
+    status_transitions = STATUS_TRANSITIONS if status_transitions is None else status_transitions
+    phase_transitions = PHASE_TRANSITIONS if phase_transitions is None else phase_transitions
     if old == new:
         raise InvalidTransition(f"{old[0]}/{old[1]} -> itself is not a move")
-    if old[0] != new[0] and new[0] not in STATUS_TRANSITIONS.get(old[0], ()):
+    if old[0] != new[0] and new[0] not in status_transitions.get(old[0], ()):
         raise InvalidTransition(f"status {old[0]} -> {new[0]} is not allowed")
-    if old[1] != new[1] and new[1] not in PHASE_TRANSITIONS.get(old[1], ()):
+    if old[1] != new[1] and new[1] not in phase_transitions.get(old[1], ()):
         raise InvalidTransition(f"phase {old[1]} -> {new[1]} is not allowed")
 
 

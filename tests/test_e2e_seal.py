@@ -339,15 +339,23 @@ def test_seal_false_keeps_guest_content_identical(run):
 
 def test_read_endpoints_conform_to_the_schema(run, callback_server):
     """schemathesis over every GET endpoint of a real server process, with the rows this run made."""
+    import requests
     import schemathesis
     from schemathesis.specs.openapi.checks import ignored_auth
 
     base = callback_server.rsplit("/api/", 1)[0]
-    schema = schemathesis.from_uri(f"{base}/api/schema/?format=json",
-                                   headers={"Authorization": f"Token {run['token']}"})
+    auth = {"Authorization": f"Token {run['token']}"}
+    schema = schemathesis.from_uri(f"{base}/api/schema/?format=json", headers=auth)
     tpl = run["templates"]["two"].json()
+    # a VM (a full clone: it holds nothing of the template) for /api/vms/{id}/, removed after
+    r = requests.post(f"{base}/api/vms/", json={"template": tpl["id"], "name": "schema-vm", "clone": "full"},
+                      headers=auth, timeout=30)
+    assert r.status_code == 202, r.text[:500]
+    [made] = wait_jobs(_Api(base, auth), [r.json()["id"]], timeout=300).values()
+    assert made["status"] == "done", made["error"]
+    vm = requests.get(f"{base}/api/vms/?name=schema-vm", headers=auth, timeout=30).json()["results"][0]
     ids = {"/api/templates/{id}/": tpl["id"], "/api/hosts/{id}/": run["host_id"], "/api/jobs/{id}/": tpl["job"],
-           "/api/hosts/{id}/vms/": run["host_id"],
+           "/api/hosts/{id}/vms/": run["host_id"], "/api/vms/{id}/": vm["id"],
            "/api/volumes/{id}/": tpl["disks"][0]["volume"]["id"]}
     checked = []
     for result in schema.get_all_operations():
@@ -361,7 +369,23 @@ def test_read_endpoints_conform_to_the_schema(run, callback_server):
         # tokens are refused is tested directly (test_api_auth).
         case.validate_response(response, excluded_checks=(ignored_auth,))
         checked.append(op.path)
-    assert len(checked) == 9, checked
+    assert len(checked) == 11, checked
+    r = requests.delete(f"{base}/api/vms/{vm['id']}/", headers=auth, timeout=30)
+    assert r.status_code == 202, r.text[:500]
+    [gone] = wait_jobs(_Api(base, auth), [r.json()["id"]], timeout=300).values()
+    assert gone["status"] == "done", gone["error"]
+
+
+class _Api:
+    """wait_jobs' client over HTTP (the server process's view)."""
+
+    def __init__(self, base, auth):
+        self.base, self.auth = base, auth
+
+    def get(self, path):
+        import requests
+
+        return requests.get(self.base + path, headers=self.auth, timeout=30)
 
 
 def test_a_disk_without_a_linux_guest_is_refused_and_nothing_is_left(run):

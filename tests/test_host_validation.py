@@ -22,7 +22,8 @@ from tests.fixtures.hostjobs import KEY
 pytestmark = pytest.mark.security
 
 VALID = {"name": "hv", "address": "10.211.0.253", "port": 22, "ssh_user": "root", "host_key": KEY,
-         "pool_path": "/var/lib/vmseal/templates", "guestfs_backend_settings": "", "max_parallel_seals": "",
+         "pool_path": "/var/lib/vmseal/templates", "vm_pool_path": "/var/lib/vmseal/vms",
+         "guestfs_backend_settings": "", "max_parallel_seals": "",
          "seal_timeout": "", "copy_rate_limit": "", "callback_url": ""}
 # Each value is refused by the model; before, at least the admin stored it (and the API most of them).
 HOSTILE = [

@@ -5,6 +5,7 @@ from rest_framework.routers import DefaultRouter
 from audit.api import EventViewSet
 from hostjobs.api import HostJobViewSet, HostViewSet
 from templates.api import TemplateViewSet
+from vms.api import VmViewSet
 from volumes.api import VolumeViewSet
 from webhooks.api import WebhookViewSet
 
@@ -15,3 +16,4 @@ router.register("volumes", VolumeViewSet)
 router.register("jobs", HostJobViewSet)
 router.register("events", EventViewSet)
 router.register("webhooks", WebhookViewSet)
+router.register("vms", VmViewSet)

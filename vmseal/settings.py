@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "templates",
     "sealing",
     "webhooks",
+    "vms",
 ]
 
 MIDDLEWARE = [

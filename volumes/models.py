@@ -31,7 +31,11 @@ class Volume(models.Model):
     format = models.CharField(max_length=16, default="qcow2")
     size = models.BigIntegerField(default=0, help_text="virtual size in bytes")
     actual_size = models.BigIntegerField(default=0, help_text="allocated bytes on the host")
-    # Derived by vmseal from the host's pool and the volume id; never taken from a client.
+    # A thin VM disk's backing volume (vdsm's parent): a template's SHARED volume, which cannot go while
+    # a volume it backs exists.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    # Derived by vmseal from the host's pool (the template pool, or the VM pool for a VM's disk) and the
+    # volume id; never taken from a client.
     path = models.CharField(max_length=512, editable=False)
     # Set by a host scan (volumes.reconcile) when the host no longer has this volume, or not intact.
     error = models.TextField(blank=True, default="", help_text="why this volume is unusable, as a host scan found it")
@@ -51,7 +55,7 @@ class Volume(models.Model):
 
     def meta(self) -> dict:
         return {"id": str(self.id), "type": self.type, "legality": self.legality,
-                "generation": self.generation, "parent": None}
+                "generation": self.generation, "parent": str(self.parent_id) if self.parent_id else None}
 
     def mirror(self, reported: dict) -> None:
         """Take the host's metadata (and sizes when reported) as the new state of this row."""

@@ -123,7 +123,8 @@ def scan(host, *, busy: Callable[[], set[str]] = set) -> tuple[Report, dict[str,
     is asked once the host has answered."""
     result = port.for_host(host).helper(hostops.pool_scan(host.pool_path), timeout=120)
     busy_ids = busy()
-    rows = {str(v.pk): row_state(v) for v in Volume.objects.filter(host=host)}
+    # the template pool's volumes only: VM volumes live in the host's VM pool (vm_pool_path)
+    rows = {str(v.pk): row_state(v) for v in Volume.objects.filter(host=host, path__startswith=host.pool_path + "/")}
     on_host = {v["id"] for v in result.get("volumes", [])} - set(rows)
     elsewhere = {str(pk) for pk in Volume.objects.filter(pk__in=on_host).values_list("pk", flat=True)}
     return compare(host.name, result, rows, busy=busy_ids, elsewhere=elsewhere), rows

@@ -20,7 +20,8 @@ EVENTS = {
     "template.failed": "a template failed (its operation failed or was cancelled, or a delete could not finish)",
     "template.deleted": "a template and its volumes were deleted",
     "job.failed": "an operation job failed",
-    "vm.created": "a VM was created from a template",
+    "vm.created": "a VM was created from a template (status ok)",
+    "vm.failed": "a VM could not be made (its operation failed or was cancelled), or a delete could not finish",
     "vm.deleted": "a VM was deleted",
 }
 

@@ -8,14 +8,16 @@ helper's codes, and volume metadata changes by the same volume rules (``volumes.
 is a VM (``domain``) and a pool. Nothing runs: a job's work is done, at once, on its first job-status.
 
 Knobs a test sets:
-    domain              the VM the flow reads (state, disks)
+    domain              the VM the template flow reads (state, disks; its XML: ``domain_xml``)
+    domains             VMs defined by the VM flow (name: {"uuid", "state", "xml"}); a test may add one
     seal_fails(log, exit_code, result)   the next ``run`` jobs fail so
     undeletable         volume ids whose delete-volume fails (``ALL``: every volume)
     unreachable         the next N calls raise HostUnreachable
     when(name, fn)      call ``fn(args)`` when a verb (or a libvirt call: "domain_info", ...) arrives,
                         before it is answered (e.g. a cancel landing in a given step)
 What it was asked: ``calls`` (every verb's argv, libvirt calls by name), ``started(verb)`` (the parsed
-arguments of the jobs started with that verb), ``aborted`` (job ids), ``volumes`` (id: metadata).
+arguments of the jobs started with that verb), ``aborted`` (job ids), ``volumes`` (id: metadata),
+``seeds`` (path: the seed ISO's bytes), ``files`` (job id: the files of its spec).
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from __future__ import annotations
 import json
 import sys
 
-from hostjobs.errors import HostCommandFailed, HostUnreachable, VolumeRefused
+from hostjobs.errors import DomainNotFound, HostCommandFailed, HostUnreachable, VolumeRefused
 from hostjobs.port import HostPort
-from hostjobs.virt import Disk, DomainInfo, declared_problems
+from hostjobs.virt import Disk, DomainInfo, declared_problems, parse_disks
 from volumes import rules
 
 sys.modules.setdefault("vmseal_rules", rules)  # what the helper imports on a host (the same file)
@@ -50,6 +52,9 @@ class FakeHost(HostPort):
                                  [Disk(f"vd{chr(97 + i)}", f"/var/lib/libvirt/images/vm-{i}.qcow2", "qcow2")
                                   for i in range(disks)])
         self.volumes: dict[str, dict] = {}
+        self.domains: dict[str, dict] = {}
+        self.seeds: dict[str, bytes] = {}
+        self.files: dict[str, dict] = {}
         self.jobs: dict[str, dict] = {}
         self.calls: list[list[str]] = []
         self.aborted: list[str] = []
@@ -92,7 +97,65 @@ class FakeHost(HostPort):
     def domain_info(self, name):
         self.calls.append(["domain_info", name])
         self._arrive("domain_info", name)
+        if name in self.domains:
+            d = self.domains[name]
+            return DomainInfo(name, d["uuid"], d["state"], parse_disks(d["xml"]))
+        if name != self.domain.name:
+            raise DomainNotFound(f"no VM of that name on the fake host ({name})")
         return DomainInfo(self.domain.name, self.domain.uuid, self.domain.state, list(self.domain.disks))
+
+    def domain_xml(self, name):
+        self.calls.append(["domain_xml", name])
+        self._arrive("domain_xml", name)
+        if name in self.domains:
+            return self.domains[name]["xml"]
+        if name != self.domain.name:
+            raise DomainNotFound(f"no VM of that name on the fake host ({name})")
+        disks = "".join(f"<disk type='file' device='disk'><driver name='qemu' type='{d.format}'/>"
+                        f"<source file='{d.path}'/><target dev='{d.target}' bus='virtio'/></disk>"
+                        for d in self.domain.disks)
+        return (f"<domain type='kvm'><name>{self.domain.name}</name><uuid>{self.domain.uuid}</uuid>"
+                "<memory unit='MiB'>256</memory><vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>"
+                f"<devices>{disks}<interface type='network'><mac address='52:54:00:12:34:56'/>"
+                "<source network='default'/><model type='virtio'/></interface></devices></domain>")
+
+    def _domain(self, name):
+        if name not in self.domains:
+            raise DomainNotFound(f"no VM of that name on the fake host ({name})")
+        return self.domains[name]
+
+    def domain_state(self, name):
+        self.calls.append(["domain_state", name])
+        self._arrive("domain_state", name)
+        return self.domain_info(name).state
+
+    def define_domain(self, xml):
+        import xml.etree.ElementTree as ET
+
+        self.calls.append(["define_domain"])
+        self._arrive("define_domain", xml)
+        root = ET.fromstring(xml)
+        name, uuid = root.findtext("name"), root.findtext("uuid")
+        if name in self.domains and self.domains[name]["uuid"] != uuid:
+            raise HostCommandFailed(f"domain {name} already exists with another uuid")
+        self.domains[name] = {"uuid": uuid, "state": "shut off", "xml": xml}
+        return uuid
+
+    def start_domain(self, name):
+        self.calls.append(["start_domain", name])
+        self._arrive("start_domain", name)
+        self._domain(name)["state"] = "running"
+
+    def destroy_domain(self, name):
+        self.calls.append(["destroy_domain", name])
+        self._arrive("destroy_domain", name)
+        self._domain(name)["state"] = "shut off"
+
+    def undefine_domain(self, name):
+        self.calls.append(["undefine_domain", name])
+        self._arrive("undefine_domain", name)
+        self._domain(name)
+        del self.domains[name]
 
     def check_sources(self, domains):
         self.calls.append(["check_sources"])
@@ -118,6 +181,7 @@ class FakeHost(HostPort):
         parsed = helper.parser().parse_args(spec["args"])
         if a.id not in self.jobs:  # starting a job twice never runs it twice
             self._started.append(parsed)
+            self.files[a.id] = dict(spec.get("files") or {})
             self.jobs[a.id] = {"id": a.id, "status": "running", "progress": 0, "spec": spec, "log": "",
                                "result": None, "exit_code": None, "error": ""}
             self._arrive("job:" + spec["args"][0], spec["args"])
@@ -176,10 +240,19 @@ class FakeHost(HostPort):
 
     def _run_verb(self, a):
         if a.cmd == "create-volume":
-            meta = {"id": a.id, "type": rules.LEAF, "legality": rules.LEGAL, "generation": 0, "parent": None,
+            backing = None
+            if a.parent:  # thin: the helper's checks (the parent in another pool, SHARED and LEGAL)
+                if not a.parent_pool or a.parent_pool == a.pool:
+                    raise Refused("bad_pool", "a thin volume's parent is in another pool (--parent-pool)")
+                parent = self._meta(a.parent)
+                if (parent["type"], parent["legality"]) != (rules.SHARED, rules.LEGAL):
+                    raise Refused("parent_not_shared", f"volume {a.parent} is {parent['type']}/{parent['legality']}")
+                backing = f"{a.parent_pool}/{a.parent}.qcow2"
+            meta = {"id": a.id, "type": rules.LEAF, "legality": rules.LEGAL, "generation": 0, "parent": a.parent,
                     "format": "qcow2"}
             self.volumes[a.id] = meta
-            return {**meta, "virtual_size": 1 << 30, "actual_size": 1 << 20, "path": f"{a.pool}/{a.id}.qcow2"}, "", 0
+            return {**meta, "virtual_size": 1 << 30, "actual_size": 1 << 20, "path": f"{a.pool}/{a.id}.qcow2",
+                    "backing": backing}, "", 0
         if a.cmd == "update-volume":
             meta = self._meta(a.id)
             new = rules.plan_update(meta, generation=a.generation, legality=a.legality, type=a.type)
@@ -211,6 +284,18 @@ class FakeHost(HostPort):
         return self.volumes[vol_id]
 
     # -- direct verbs -----------------------------------------------------------------------------
+    def _write_seed(self, a, stdin):
+        path = helper.seed_path(a.pool, a.uuid)
+        if not stdin:
+            raise Refused("bad_seed", "a seed image on stdin")
+        self.seeds[path] = bytes(stdin)
+        return {"path": path, "size": len(stdin)}
+
+    def _delete_seed(self, a, _):
+        path = helper.seed_path(a.pool, a.uuid)
+        self.seeds.pop(path, None)
+        return {"path": path, "deleted": True}
+
     def _volume_info(self, a, _):
         return {**self._meta(a.id), "path": f"{a.pool}/{a.id}.qcow2"}
 
