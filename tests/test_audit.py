@@ -119,7 +119,8 @@ def test_reads_and_anonymous_requests_record_nothing_but_carry_a_request_id(api)
 
 # -- admin ---------------------------------------------------------------------------------------------------
 ADMIN_HOST = {"name": "h9", "address": "10.211.0.250", "port": "22", "ssh_user": "root", "host_key": KEY,
-              "pool_path": "/var/lib/vmseal/templates", "guestfs_backend_settings": "", "callback_url": ""}
+              "pool_path": "/var/lib/vmseal/templates", "vm_pool_path": "/var/lib/vmseal/vms",
+              "guestfs_backend_settings": "", "callback_url": ""}
 
 
 def test_admin_host_add_change_delete_and_refusals(admin_client, admin_user):
