@@ -50,12 +50,18 @@ def read_console(host, path: str) -> str:
 
 
 def boot(host, domain_name: str, timeout: float = 240) -> dict:
-    """Start ``domain_name`` on ``host`` and return its probe JSON (plus ``boot_s``, the seconds from
-    start to the line). Raises BootFailed with the console's tail when no probe line came in time."""
+    """Start ``domain_name`` on ``host`` and return its probe JSON (see ``wait_probe``)."""
     log = console_log_of(host, domain_name)
     host.exec("mkdir", "-p", "-m", "0700", log.rsplit("/", 1)[0])
-    started = time.monotonic()
     host.virsh("start", domain_name)
+    return wait_probe(host, domain_name, timeout)
+
+
+def wait_probe(host, domain_name: str, timeout: float = 240) -> dict:
+    """The probe JSON of a started domain (plus ``boot_s``, the seconds from this call to the line).
+    Raises BootFailed with the console's tail when no probe line came in time or the domain stopped."""
+    log = console_log_of(host, domain_name)
+    started = time.monotonic()
     console = ""
     while time.monotonic() - started < timeout:
         console = read_console(host, log)
