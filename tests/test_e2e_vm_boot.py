@@ -163,7 +163,8 @@ def test_every_vm_booted_with_sshd_running_and_no_failed_unit(fleet):
 def test_every_vm_has_its_own_machine_id(fleet):
     ids = {name: p["machine_id"] for name, p in fleet["probes"].items()}
     for mid in ids.values():
-        assert len(mid) == 32 and int(mid, 16) != 0, ids
+        assert len(mid) == 32, ids
+        assert int(mid, 16) != 0, ids
     assert len(set(ids.values())) == len(ids), f"machine-ids shared: {ids}"
     sources = {g["machine_id"] for g in fleet["guests"].values()}
     assert not set(ids.values()) & sources, "a VM kept its source's machine-id"
@@ -207,7 +208,8 @@ def test_thin_vms_are_overlays_and_the_full_one_a_copy(fleet):
     rows = fleet["rows"]
     for name, (_v, clone, _h) in VMS.items():
         parents = [d.volume.parent_id for d in rows[name].disks.select_related("volume")]
-        assert parents and all((p is not None) == (clone == "thin") for p in parents), (name, parents)
+        assert parents, name
+        assert all((p is not None) == (clone == "thin") for p in parents), (name, parents)
 
 
 def test_the_templates_volume_files_were_never_written(fleet):
