@@ -126,11 +126,14 @@ class Context:
 
 
 class Flow:
-    """One kind of flow: subclasses set ``model``, ``kind``, ``delete_action``, ``steps`` and
-    ``progress``, and implement ``next_phase``, ``remove`` (the rollback's clean-up) and ``delete``."""
+    """One kind of flow: subclasses set ``model``, ``kind``, ``task``, ``delete_action``, ``steps`` and
+    ``progress``, and implement ``next_phase``, ``remove`` (the rollback's clean-up) and ``delete``.
+    Each app registers its flow (``register``, from its AppConfig.ready()) so that the sweeper finds it."""
 
     model = None
     kind = "flow"
+    task: str = ""  # the django-q2 task (dotted path) that runs the flow of one row: task(pk)
+    audit_kind: str = ""  # the object type its records name (the sweeper's "<audit_kind>.resume")
     delete_action = None
     steps: dict = {}
     progress: dict = {}
@@ -161,6 +164,23 @@ class Flow:
         """What the row's webhook events carry besides its type, id and name."""
         return {"name": obj.name, "host": obj.host_id, "status": obj.status, "error": obj.error,
                 "job": str(obj.job_id) if obj.job_id else None}
+
+
+# -- the registry: every kind of flow, for the sweeper ------------------------------------------------
+FLOWS: dict[str, Flow] = {}
+
+
+def register(flow: Flow) -> Flow:
+    """Make ``flow`` known to the sweeper (``sealing.tasks.sweep``). Called from its app's
+    AppConfig.ready(): the engine never imports the apps that use it."""
+    if not flow.task or flow.model is None:
+        raise ValueError(f"flow {flow.kind!r} needs a model and a task to be registered")
+    FLOWS[flow.audit_kind or flow.kind] = flow
+    return flow
+
+
+def registered() -> list[Flow]:
+    return list(FLOWS.values())
 
 
 # -- running a flow ------------------------------------------------------------------------------------

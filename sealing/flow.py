@@ -47,6 +47,7 @@ from hostjobs.models import HostJob, JobAction, JobStatus
 from sealing import engine, sysprep
 from sealing.engine import CANCELLED, Cancelled, Context, FlowFailed, StepFailed  # noqa: F401 - the flow's vocabulary
 from sealing.lease import Lease
+from templates import hardware
 from templates.models import Phase, Template, TemplateDisk
 from templates.states import next_phase
 from volumes import rules
@@ -77,7 +78,7 @@ def _finish(t: Template, op: HostJob, line: str, found: dict) -> None:
 def create_template(ctx: Context) -> dict:
     """Re-check the source in the worker (the request's check may be stale), record its disks, and
     make sure the host's template pool exists. Found: the VM's UUID and its hardware (its domain XML
-    without identity or state, ``vms.domain.scrub``), what VMs made from the template are built from."""
+    without identity or state, ``templates.hardware.scrub``), what VMs made from the template are built from."""
     t = ctx.t
     info = ctx.host_call(ctx.host.domain_info, t.vm_name)
     if not info.stopped:
@@ -94,9 +95,8 @@ def create_template(ctx: Context) -> dict:
             for i, d in enumerate(writable)
         )
     ctx.host_call(ctx.host.ensure_pool)
-    from vms import domain  # the VMs made from this template are built from its source's hardware
-
-    return {"vm_uuid": info.uuid, "hardware": domain.scrub(ctx.host_call(ctx.host.domain_xml, t.vm_name))}
+    # the VMs made from this template are built from its source's hardware
+    return {"vm_uuid": info.uuid, "hardware": hardware.scrub(ctx.host_call(ctx.host.domain_xml, t.vm_name))}
 
 
 def copy_disks(ctx: Context) -> None:
@@ -197,7 +197,8 @@ STEPS = {
 
 class TemplateFlow(engine.Flow):
     model = Template
-    kind = "template"
+    kind = audit_kind = "template"
+    task = "sealing.tasks.run_template_flow"
     delete_action = JobAction.DELETE_TEMPLATE
     steps = STEPS
     progress = PROGRESS
@@ -279,15 +280,13 @@ def delete(t: Template, op: HostJob, lease: Lease) -> None:
         return
     if op.status == JobStatus.PENDING:
         op.start()
-    from vms.models import Clone, Vm
-
-    backed = list(Vm.objects.filter(template=t, clone=Clone.THIN).values_list("name", flat=True))
-    if backed:  # made after the request's check: the template's volumes back them now
-        message = f"template {t.name!r} backs thin VMs: {', '.join(backed)}"
+    held = holders(t)
+    if held:  # made after the request's check: the template's volumes back them now
+        message = f"template {t.name!r} backs VMs: {', '.join(held)}"
         t.delete_incomplete(message)
         op.end(JobStatus.FAILED, message, "template_in_use")
         return
-    Vm.objects.filter(template=t).update(template=None)  # full clones are independent of it
+    # A full clone's Vm.template is set to NULL with the row (on_delete=SET_NULL): it is independent of it.
     leftovers = delete_volumes(t, op, "DELETE", "delete", lease)
     if leftovers:
         t.delete_incomplete(f"delete incomplete: {'; '.join(leftovers)}")
@@ -300,6 +299,21 @@ def delete(t: Template, op: HostJob, lease: Lease) -> None:
         t.delete()
         op.end(JobStatus.DONE)
         webhooks.emit("template.deleted", gone, **data)
+
+
+def holders(t: Template) -> list[str]:
+    """What keeps ``t`` from being deleted, by name, read through reverse relations only (sealing never
+    imports the apps that build on templates): a volume whose parent (backing file) is one of its
+    volumes (a thin VM's disk, ``Volume.parent``; PROTECT also refuses it at the database), and any VM
+    still being made from it (a full copy reads its volumes; ``Template.vms``, any phase but DONE)."""
+    held = {}
+    for vol_id, vm_name in Volume.objects.filter(parent__disk__template=t).values_list("id", "vm_disk__vm__name"):
+        held[vm_name or f"volume {vol_id}"] = f"{vm_name} (thin)" if vm_name else f"volume {vol_id}"
+    vms = getattr(t, "vms", None)  # the reverse relation of the vms app, when it is installed
+    if vms is not None:
+        for name, clone in vms.exclude(phase=engine.DONE).values_list("name", "clone"):
+            held.setdefault(name, f"{name} ({clone}, being made)")
+    return [held[k] for k in sorted(held)]
 
 
 def _template_data(t: Template) -> dict:

@@ -90,13 +90,13 @@ def start(template: Template) -> HostJob:
 
 
 def check_no_vms(t: Template) -> None:
-    """A template whose volumes back thin VMs (or VMs still being made from it) cannot be deleted."""
-    from vms.models import Clone, Vm
+    """A template whose volumes back thin VMs (or VMs still being made from it) cannot be deleted
+    (``sealing.flow.holders``: through the volumes' parents and reverse relations, no import of vms)."""
+    from sealing.flow import holders
 
-    held = list(Vm.objects.filter(template=t).exclude(clone=Clone.FULL, phase="DONE").order_by("name")
-                .values_list("name", "clone"))
+    held = holders(t)
     if held:
-        names = ", ".join(f"{n} ({c})" for n, c in held)
+        names = ", ".join(held)
         raise Refused("template", f"template {t.name!r} backs VMs: {names}: delete them first (a thin VM's disks are "
                                   "overlays on the template's volumes)", "template_in_use", 409)
 

@@ -8,7 +8,7 @@ from django_q.tasks import async_task
 from audit import events as audit
 from hostjobs.errors import VmsealError
 from hostjobs.models import Host
-from sealing import flow, lease, reconcile
+from sealing import engine, flow, lease, reconcile
 
 
 def run_template_flow(template_id: int) -> None:
@@ -16,16 +16,14 @@ def run_template_flow(template_id: int) -> None:
 
 
 def sweep() -> int:
-    """Resume flows whose worker died (an unfinished template or VM, lease expired) and retry clean-ups
-    that could not finish (a host was unreachable). Runs on a schedule and when a worker starts."""
-    from templates.models import Template
-    from vms.models import Vm
-
+    """Resume flows whose worker died (an unfinished row of any registered flow, ``engine.register``:
+    a template, a VM, lease expired) and retry clean-ups that could not finish (a host was unreachable).
+    Runs on a schedule and when a worker starts."""
     now = timezone.now()
     n = 0
-    for model, task, kind in ((Template, "sealing.tasks.run_template_flow", "template"),
-                              (Vm, "vms.tasks.run_vm_flow", "vm")):
-        for pk, name in lease.orphaned(model).values_list("pk", "name"):
+    for f in engine.registered():
+        task, kind = f.task, f.audit_kind or f.kind
+        for pk, name in lease.orphaned(f.model).values_list("pk", "name"):
             async_task(task, pk, task_name=f"{kind}-{pk}-resume-{now.timestamp():.0f}")
             audit.record(f"{kind}.resume", object_type_=kind, object_id=pk, object_repr=name)  # as "system"
             n += 1

@@ -46,7 +46,7 @@ class Template(models.Model):
     status = states.StateField(max_length=16, choices=TemplateStatus.choices, default=TemplateStatus.LOCKED)
     phase = states.StateField(max_length=32, choices=Phase.choices, default=Phase.CREATE_TEMPLATE)
     sealed = models.BooleanField(default=False)
-    # The source VM's domain XML without its identity and state (vms.domain.scrub): what a VM made from
+    # The source VM's domain XML without its identity and state (templates.hardware.scrub): what a VM made from
     # this template is built from. Templates made before it was recorded have none.
     hardware = models.TextField(blank=True, default="", editable=False)
     error = models.TextField(blank=True, default="")

@@ -30,7 +30,7 @@ def host(db):
 
 @pytest.fixture
 def template(host, fake):
-    from vms import domain
+    from templates import hardware as domain
 
     t = create_template(host, "tpl", disks=1, sealed=True, seal=True, hardware=domain.scrub(fake.domain_xml("vm")))
     fake.calls.clear()

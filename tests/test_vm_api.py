@@ -34,7 +34,7 @@ def host(db):
 
 @pytest.fixture
 def template(host, fake):
-    from vms import domain
+    from templates import hardware as domain
 
     t = create_template(host, "tpl", disks=1, sealed=True, seal=True, hardware=domain.scrub(fake.domain_xml("vm")))
     for d in t.disks.select_related("volume"):
@@ -144,8 +144,8 @@ def test_an_unusable_template_is_a_409_before_anything_is_made(api, fake, templa
 
 
 def test_hardware_whose_disks_are_not_the_templates_is_a_409(api, fake, template):
+    from templates import hardware as domain
     from templates.models import Template
-    from vms import domain
 
     two = FakeHost(disks=2)
     Template.objects.filter(pk=template.pk).update(hardware=domain.scrub(two.domain_xml("vm")))

@@ -38,7 +38,7 @@ def host(db):
 @pytest.fixture
 def template(host, fake):
     """A sealed, ok template with two SHARED, LEGAL volumes (on the fake host too) and its hardware."""
-    from vms import domain
+    from templates import hardware as domain
 
     t = create_template(host, "tpl", disks=2, sealed=True, seal=True, hardware=domain.scrub(fake.domain_xml("vm")))
     for d in t.disks.select_related("volume"):
@@ -327,3 +327,48 @@ def test_a_template_backing_thin_vms_cannot_be_deleted(fake, template):
     assert "web-1 (thin)" in e.value.message
     template.refresh_from_db()
     assert template.status == "ok"
+
+
+def test_the_worker_refuses_a_template_delete_when_a_thin_vm_came_after_the_request(fake, template):
+    """A delete locked without the request's check (as if the VM came in between): the worker finds the
+    thin VM's volumes (their parent is one of the template's volumes, read through Volume.parent, no import
+    of vms in sealing) and refuses."""
+    from django.db.models import ProtectedError
+
+    from sealing import flow as tflow
+
+    _done_vm(fake, template)
+    op = HostJob.create(template.host, JobAction.DELETE_TEMPLATE, target=f"template:{template.pk}", description="d")
+    template.lock_for_delete(op)
+    tflow.run(template.pk)
+    op.refresh_from_db()
+    assert (op.status, op.error_code) == (JobStatus.FAILED, "template_in_use")
+    assert "web-1 (thin)" in op.error
+    assert not fake.started("delete-volume"), "nothing of the template deleted on the host"
+    tvol = template.disks.first().volume
+    with pytest.raises(ProtectedError):  # and the database refuses too
+        tvol.delete()
+
+
+def test_deleting_a_template_leaves_its_full_clones_with_no_template(fake, template):
+    from sealing import flow as tflow
+    from sealing.service import request_delete
+    from vms.models import Vm
+
+    vm = _done_vm(fake, template, clone="full")
+    op = request_delete(template)
+    tflow.run(template.pk)
+    op.refresh_from_db()
+    assert op.status == JobStatus.DONE
+    row = Vm.objects.get(pk=vm.pk)
+    assert row.template_id is None  # Vm.template on_delete=SET_NULL
+    assert all(d.volume is not None for d in row.disks.select_related("volume"))
+
+
+def test_every_app_registers_its_flow_for_the_sweeper():
+    from sealing import engine
+    from templates.models import Template
+    from vms.models import Vm
+
+    assert {(k, f.model, f.task) for k, f in engine.FLOWS.items()} == {
+        ("template", Template, "sealing.tasks.run_template_flow"), ("vm", Vm, "vms.tasks.run_vm_flow")}

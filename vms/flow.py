@@ -13,7 +13,7 @@ IDENTITY      the VM's NoCloud seed (``vms.seed.build_seed``: instance-id = its 
               cloud-init; otherwise one virt-customize over the VM's own disks (a virt host job: hostname,
               machine-id emptied, keys, the hash through a commands file, never argv). The op's log says
               which. The root password hash is cleared from the row with the move that ends the step.
-DEFINE        the domain built from the template's hardware (``vms.domain.build``: new name, UUID, MACs,
+DEFINE        the domain built from the template's hardware (``templates.hardware.build``: new name, UUID, MACs,
               its own disks, the seed as a CD-ROM, its serial console logged to
               /var/lib/vmseal/console/<uuid>.log), defined on the host
 START         only when asked
@@ -39,6 +39,7 @@ from hostjobs.models import HostJob, JobAction, JobStatus
 from sealing import engine, sysprep
 from sealing.engine import FlowFailed
 from sealing.lease import Lease
+from templates import hardware
 from templates.models import Template
 from vms import states
 from vms.models import Clone, Vm, VmDisk
@@ -64,10 +65,8 @@ def template_problem(t: Template, host=None) -> str:
     disks = list(t.disks.select_related("volume"))
     if not disks:
         return f"template {t.name!r} has no disks"
-    from vms import domain
-
     try:
-        targets = domain.disk_targets(t.hardware)
+        targets = hardware.disk_targets(t.hardware)
     except ValueError as e:
         return f"template {t.name!r}: its recorded hardware cannot make a VM: {e}"
     if sorted(targets) != sorted(d.target for d in disks):
@@ -188,8 +187,6 @@ def customize_commands(vm: Vm) -> str:
 
 
 def define(ctx: engine.Context) -> None:
-    from vms import domain
-
     vm = ctx.obj
     try:
         info = ctx.host_call(ctx.host.domain_info, vm.name)
@@ -201,7 +198,7 @@ def define(ctx: engine.Context) -> None:
         raise FlowFailed(f"host {vm.host.name} has a VM named {vm.name!r} already")
     t = Template.objects.get(pk=vm.template_id)
     disks = [(d.target, d.volume.path, "qcow2") for d in vm.disks.select_related("volume")]
-    xml = domain.build(t.hardware, name=vm.name, uuid=str(vm.uuid), disks=disks, seed=vm.seed_path,
+    xml = hardware.build(t.hardware, name=vm.name, uuid=str(vm.uuid), disks=disks, seed=vm.seed_path,
                        console_log=hostops.console_log(vm.uuid))
     ctx.host_call(ctx.host.define_domain, xml)
     ctx.op.append_log(f"domain {vm.name} defined ({vm.uuid})\n")
@@ -265,6 +262,8 @@ def remove_volumes(vm: Vm, op: HostJob, step: str, label: str, lease: Lease) -> 
 class VmFlow(engine.Flow):
     model = Vm
     kind = "VM"
+    audit_kind = "vm"
+    task = "vms.tasks.run_vm_flow"
     delete_action = JobAction.DELETE_VM
     steps = STEPS
     progress = PROGRESS

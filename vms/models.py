@@ -31,7 +31,9 @@ class Clone(models.TextChoices):
 class Vm(models.Model):
     name = models.CharField(max_length=63, validators=[validators.validate_vm_name],
                             help_text="the libvirt domain's name on the host")
-    template = models.ForeignKey(Template, null=True, on_delete=models.PROTECT, related_name="vms",
+    # SET_NULL: a template is deleted only when no VM's volume has one of its volumes as parent (thin VMs
+    # keep it; Volume.parent PROTECT refuses it at the database too): a full clone just forgets it.
+    template = models.ForeignKey(Template, null=True, on_delete=models.SET_NULL, related_name="vms",
                                  help_text="what it was made from (kept by thin VMs: their disks are backed by it)")
     host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="vms")
     clone = models.CharField(max_length=8, choices=Clone.choices, default=Clone.THIN)

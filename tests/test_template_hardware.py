@@ -1,4 +1,4 @@
-"""vms.domain's pure logic: the template's hardware (the source VM's domain XML scrubbed of identity and
+"""templates.hardware's pure logic: the template's hardware (the source VM's domain XML scrubbed of identity and
 state) and a VM's domain built from it. The XML is checked against libvirt's own schema
 (virt-xml-validate, Debian's libvirt-clients + libxml2-utils)."""
 
@@ -10,8 +10,8 @@ from collections import Counter
 
 import pytest
 
+from templates.hardware import HardwareError, build, disk_targets, new_mac, scrub
 from tests.fixtures.testhosts import guestdisk
-from vms.domain import HardwareError, build, disk_targets, new_mac, scrub
 
 # A running q35/UEFI VM's live XML (what virDomainGetXMLDesc gives), with everything that makes a machine
 # one machine: each value below that identifies it is listed in IDENTIFYING.
