@@ -5,6 +5,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
+from audit import events as audit
+from audit.models import Outcome
 from sealing.service import Refused
 from vms import service
 from vms.forms import NewVmForm
@@ -61,13 +63,20 @@ class VmAdmin(admin.ModelAdmin):
             raise PermissionDenied
         initial = {"template": request.GET.get("template")} if request.GET.get("template") else {}
         form = NewVmForm(request.POST or None, initial=initial)
+        if request.method == "POST" and not form.is_valid():  # recorded once, as the API's refusals are
+            audit.record("vm.create", outcome=Outcome.REFUSED, object_type_="vm",
+                         object_repr=request.POST.get("name", ""),
+                         reason="; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
         if request.method == "POST" and form.is_valid():
+            vm = form.cleaned_data["vm"]
             try:
-                op = service.start(form.cleaned_data["vm"])
+                op = service.start(vm)
             except Refused as e:
+                audit.record("vm.create", outcome=Outcome.REFUSED, reason=f"{e.field}: {e.message}", object_type_="vm",
+                             object_repr=vm.name)
                 form.add_error(e.field if e.field in form.fields else None, e.message)
             else:
-                vm = form.cleaned_data["vm"]
+                audit.record("vm.create", vm)
                 messages.info(request, f"VM {vm.name!r} is being made; its job is {op.pk}.")
                 return redirect(reverse("admin:vms_vm_change", args=[vm.pk]))
         context = {**self.admin_site.each_context(request), "title": "New VM", "form": form,

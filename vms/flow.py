@@ -45,6 +45,7 @@ from vms import states
 from vms.models import Clone, Vm, VmDisk
 from vms.states import VmPhase
 from volumes.models import Legality, Volume
+from webhooks import events as webhooks
 
 log = logging.getLogger("vmseal.flow")
 
@@ -264,6 +265,10 @@ class VmFlow(engine.Flow):
     kind = "VM"
     audit_kind = "vm"
     task = "vms.tasks.run_vm_flow"
+    ok_event, failed_event = "vm.created", "vm.failed"  # sent by the engine (webhooks.events)
+
+    def event_data(self, vm):
+        return vm_data(vm)
     delete_action = JobAction.DELETE_VM
     steps = STEPS
     progress = PROGRESS
@@ -307,17 +312,25 @@ def delete(vm: Vm, op: HostJob, lease: Lease) -> None:
     if why == "running" and vm.allows("delete_refused"):
         message = f"VM {vm.name!r} is running: delete it with force to power it off first"
         vm.delete_refused(message)
-        op.end(JobStatus.FAILED, message, "vm_running")
+        if op.end(JobStatus.FAILED, message, "vm_running"):
+            webhooks.emit("job.failed", op, **engine.job_data(op))  # the VM is as it was: no vm.failed
         return
-    if why:
-        vm.delete_incomplete(f"delete incomplete: {why}")
-        op.end(JobStatus.FAILED, vm.error, "delete_incomplete")
-        return
-    leftovers = remove_volumes(vm, op, "DELETE", "delete", lease)
+    leftovers = [why] if why else remove_volumes(vm, op, "DELETE", "delete", lease)  # volumes stay with a domain
     if leftovers:
         vm.delete_incomplete(f"delete incomplete: {'; '.join(leftovers)}")
-        op.end(JobStatus.FAILED, vm.error, "delete_incomplete")
+        webhooks.emit("vm.failed", vm, **vm_data(vm))
+        if op.end(JobStatus.FAILED, vm.error, "delete_incomplete"):
+            webhooks.emit("job.failed", op, **engine.job_data(op))
     else:
+        gone = {"type": "vm", "id": vm.pk, "repr": str(vm)}
+        data = vm_data(vm)
         vm.delete()
         op.append_log("VM, its domain, volumes and seed removed\n")
         op.end(JobStatus.DONE)
+        webhooks.emit("vm.deleted", gone, **data)
+
+
+def vm_data(vm: Vm) -> dict:
+    """What a VM's webhook events carry besides its type, id and name (never its identity's secrets)."""
+    return {"name": vm.name, "host": vm.host_id, "template": vm.template_id, "clone": vm.clone, "uuid": str(vm.uuid),
+            "status": vm.status, "error": vm.error, "job": str(vm.job_id) if vm.job_id else None}

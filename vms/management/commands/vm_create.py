@@ -3,15 +3,17 @@ from pathlib import Path
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from audit.cli import audited
 from hostjobs.models import Host
 from sealing.management.commands.template_create import _errors
 from sealing.service import Refused
 from templates.models import Template
 from vms import service
 from vms.api import VmSerializer
+from vms.models import Vm
 
 
-class Command(BaseCommand):
+class VmCreate(BaseCommand):
     help = "Make a VM from a template (thin by default); --follow waits for the result."
 
     def add_arguments(self, parser):
@@ -59,3 +61,15 @@ class Command(BaseCommand):
         self.stdout.write(f"job {op.pk} (VM {o['name']!r} from template {t.name!r})")
         if o["follow"]:
             call_command("job_follow", str(op.pk), stdout=self.stdout)
+
+
+def _made(o):
+    """The VM the command made (the newest of that name, on the host asked for if any)."""
+    vms = Vm.objects.filter(name=o["name"])
+    if o.get("host"):
+        vms = vms.filter(host__name=o["host"]) if not o["host"].isdigit() else vms.filter(host_id=o["host"])
+    return vms.order_by("-created").first()
+
+
+# Recorded in the audit trail as vm.create (source cli, the OS user), accepted or refused.
+Command = audited(VmCreate, "vm.create", _made, object_type="vm")

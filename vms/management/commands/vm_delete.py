@@ -1,12 +1,13 @@
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from audit.cli import audited
 from sealing.service import Refused
 from vms import service
 from vms.models import Vm
 
 
-class Command(BaseCommand):
+class VmDelete(BaseCommand):
     help = "Delete a VM: its domain, volumes and seed on its host (a job); --follow waits for the result."
 
     def add_arguments(self, parser):
@@ -31,3 +32,15 @@ class Command(BaseCommand):
         self.stdout.write(f"job {op.pk} (delete VM {found[0].name!r})")
         if o["follow"]:
             call_command("job_follow", str(op.pk), stdout=self.stdout)
+
+
+def _named(o):
+    vms = Vm.objects.filter(name=o["name"])
+    if o.get("host"):
+        vms = vms.filter(host__name=o["host"])
+    found = list(vms[:2]) or (list(Vm.objects.filter(pk=o["name"])) if o["name"].isdigit() else [])
+    return found[0] if len(found) == 1 else None
+
+
+# Recorded in the audit trail as vm.delete (source cli, the OS user), accepted or refused.
+Command = audited(VmDelete, "vm.delete", _named, object_type="vm")
