@@ -4,6 +4,12 @@
 adds what only the templates know: which volumes an operation is working on (left out of the scan, so
 a scan never races a flow), and the templates whose volumes are missing on the host (failed, with the
 reason, by a compare-and-set that only moves an idle ``ok`` template).
+
+The host's VM pool (``Host.vm_pool_path``) is scanned too, as ``report.vm_pool``: VM volumes missing or
+differing, unknown volumes and files, like the template pool's; the seeds of the host's VMs
+(``<uuid>.seed.iso``) are known files. What is a VM and which VMs are busy is read through the reverse
+relations (``host.vms``, ``Volume.vm_disk``): sealing imports nothing of the vms app. A VM whose volume
+is missing keeps its status; its volume is marked ILLEGAL with the reason, seen on the VM's page.
 """
 
 from __future__ import annotations
@@ -45,14 +51,54 @@ def busy_volume_ids(host, since=None) -> set[str]:
     return {str(i) for i in ids}
 
 
+def _vms(host):
+    """The host's VMs (the vms app's reverse relation), or None when that app is not installed."""
+    return getattr(host, "vms", None)
+
+
+def busy_vm_volume_ids(host, since=None) -> set[str]:
+    """Volumes of ``host``'s VM pool that an operation works on: those of VMs that are not idle (being
+    made, deleted, rolled back), those changed since ``since``, and, while any VM operation runs on the
+    host, VM-pool volumes of no VM (a disk's row before the VM's disk links it, or after it let go)."""
+    vms = _vms(host)
+    if vms is None:
+        return set()
+    busy_vms = vms.exclude(_idle(timezone.now()))
+    in_pool = Volume.objects.filter(host=host, path__startswith=host.vm_pool_path + "/")
+    ids = set(in_pool.filter(vm_disk__vm__in=busy_vms).values_list("pk", flat=True))
+    if since is not None:
+        ids |= set(in_pool.filter(updated__gte=since).values_list("pk", flat=True))
+    if busy_vms.exists():
+        ids |= set(in_pool.filter(vm_disk__isnull=True).values_list("pk", flat=True))
+    return {str(i) for i in ids}
+
+
+def known_vm_files(host) -> set[str]:
+    """Files of the VM pool that are no volume's but known: each VM's NoCloud seed, and the seed being
+    written (``.tmp``) of a VM an operation works on."""
+    vms = _vms(host)
+    if vms is None:
+        return set()
+    names = {f"{u}.seed.iso" for u in vms.values_list("uuid", flat=True)}
+    names |= {f"{u}.seed.iso.tmp" for u in vms.exclude(_idle(timezone.now())).values_list("uuid", flat=True)}
+    return names
+
+
 def scan_host(host, *, dry_run: bool = False) -> reconcile.Report:
-    """Scan ``host``'s pool, report the drift and fix what is safe (``dry_run``: report what would be
-    changed, change nothing). Volumes busy before or after the host's answer are left out."""
+    """Scan ``host``'s template pool and its VM pool (``report.vm_pool``), report the drift and fix what
+    is safe (``dry_run``: report what would be changed, change nothing). Volumes busy before or after the
+    host's answer are left out."""
     since = timezone.now()
     busy = busy_volume_ids(host)
     report, rows = reconcile.scan(host, busy=lambda: busy | busy_volume_ids(host, since))
     reconcile.apply(host, report, rows, dry_run=dry_run)
     fail_templates_of_missing(host, report, dry_run=dry_run)
+    if host.vm_pool_path and host.vm_pool_path != host.pool_path:
+        vm_busy = busy_vm_volume_ids(host)
+        report.vm_pool, vm_rows = reconcile.scan(host, pool=host.vm_pool_path,
+                                                 busy=lambda: vm_busy | busy_vm_volume_ids(host, since),
+                                                 known_files=lambda: known_vm_files(host))
+        reconcile.apply(host, report.vm_pool, vm_rows, dry_run=dry_run)
     if report.drift:
         log.warning("host %s: pool %s drifted from the database: %s%s", host, report.pool, report.summary(),
                     "".join(f"\n  {c}" for c in report.changed))

@@ -2,7 +2,8 @@
 SHARED; no virt-sysprep), then behind the app's back one volume's files removed, another's metadata
 edited, an unknown file and an unknown volume planted; host_scan reports exactly those, mirrors the
 edited metadata, fails the missing volume and its template, leaves a volume an operation holds alone
-and deletes nothing; the admin action then removes the unknown volume, with its reason."""
+and deletes nothing; the admin action then removes the unknown volume, with its reason. The host's VM
+pool is scanned too: a VM's volume gone is reported missing, a stray file unknown, the VM's seed known."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tests.utils.jobs import ensure_schedules, wait_jobs
 
 pytestmark = pytest.mark.e2e
 POOL = "/var/lib/vmseal/rc"
+VM_POOL = "/var/lib/vmseal/rc-vms"
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def rc(test_host, qcluster, callback_server, django_db_blocker):
 
     with django_db_blocker.unblock():
         user, api = superuser_api("rc")
-        host = add_host(api, test_host, "rc", POOL)
+        host = add_host(api, test_host, "rc", POOL, vm_pool_path=VM_POOL)
         disks = test_host.define_vm("rc-src", "one")
         # The periodic scan must not run between the edits below and the scan this test runs.
         ensure_schedules(due_now=())  # as the migrations made them (an earlier test's flush removes them)
@@ -92,6 +94,9 @@ def test_host_scan_reports_the_drift_and_fixes_what_is_safe(rc, dbx):
     write_meta(rc.th, edited.id, legality="ILLEGAL", generation=2)
     write_meta(rc.th, busy.id, generation=5)
     rc.th.exec("sh", "-c", f"echo planted > {POOL}/notes.txt")
+    vm_gone = vm_with_volume(rc)  # a VM whose disk is gone from the host; its seed is there
+    rc.th.exec("sh", "-c", f"mkdir -p {VM_POOL} && echo seed > {VM_POOL}/{vm_gone.uuid}.seed.iso "
+                           f"&& echo stray > {VM_POOL}/stray.txt")
     stranger = str(uuid.uuid4())
     made = rc.th.exec("/usr/bin/python3", f"{hostops.remote_dir()}/vmseal_host.py", "create-volume", "--pool", POOL,
                       "--id", stranger, "--source", rc.source, "--source-format", "qcow2")
@@ -116,6 +121,13 @@ def test_host_scan_reports_the_drift_and_fixes_what_is_safe(rc, dbx):
         assert [f["name"] for f in report["unknown_files"]] == ["notes.txt"]
         assert report["skipped"] == [str(busy.id)]
         assert (report["host_volumes"], report["db_volumes"]) == (4, 4)  # gone's files went, the stranger came
+        vm_vol = str(vm_gone.disks.get().volume_id)
+        vp = report["vm_pool"]
+        assert (vp["pool"], vp["missing"]) == (VM_POOL, [{"id": vm_vol, "why": "no file of it in the pool"}])
+        assert [f["name"] for f in vp["unknown_files"]] == ["stray.txt"], "the VM's seed is a known file"
+        assert (vp["unknown_volumes"], vp["differs"]) == ([], [])
+        assert Volume.objects.get(pk=vm_vol).legality == "ILLEGAL"
+        assert set(rc.th.pool_files(VM_POOL)) == {f"{vm_gone.uuid}.seed.iso", "stray.txt"}, "nothing deleted"
 
         e = Volume.objects.get(pk=edited.pk)
         assert (e.legality, e.generation, e.error) == ("ILLEGAL", 2, ""), "the host's metadata is mirrored"
@@ -138,6 +150,8 @@ def test_host_scan_reports_the_drift_and_fixes_what_is_safe(rc, dbx):
         text = scan()
         assert f"missing         {gone.id}  no file of it in the pool" in text
         assert "unknown file    notes.txt" in text
+        assert f"pool {VM_POOL}: 0 volume(s) on the host, 1 in the database" in text
+        assert "unknown file    stray.txt" in text
         assert "changed " not in text
         assert "no file was deleted" in text
     finally:
@@ -148,7 +162,21 @@ def test_host_scan_reports_the_drift_and_fixes_what_is_safe(rc, dbx):
     assert (sched.func, sched.minutes, sched.repeats) == ("sealing.tasks.scan_hosts", 10, -1)
     out = tasks.scan_hosts([rc.host.pk])
     assert out["rc"].startswith("drift: 1 unknown volume(s), 1 unknown file(s), 1 missing, 1 different"), out
+    assert "VM pool: 0 unknown volume(s), 1 unknown file(s), 1 missing" in out["rc"]
     assert Volume.objects.get(pk=busy.pk).generation == 5, "released by its operation, the volume is mirrored"
+
+
+def vm_with_volume(rc):
+    """A VM row (ok, done) with one disk in the VM pool, as the VM flow leaves it; no file is made."""
+    from vms.models import Vm, VmDisk
+    from volumes.models import Volume
+
+    vm = Vm.objects.create(name="rc-vm", host=rc.host, hostname="rc-vm", status="ok", phase="DONE")
+    vol = Volume(host=rc.host, type="LEAF", legality="LEGAL")
+    vol.path = f"{VM_POOL}/{vol.id}.qcow2"
+    vol.save()
+    VmDisk.objects.create(vm=vm, index=0, target="vda", volume=vol)
+    return vm
 
 
 def test_the_admin_action_removes_an_unknown_volume_with_its_reason(rc, dbx, caplog):

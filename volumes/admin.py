@@ -25,7 +25,7 @@ class UnknownVolumeAdmin(admin.ModelAdmin):
     """Volumes a host scan found in a host's pool that the database does not know. The scan never
     removes them; the action below does, on the host, one explicit request with a reason."""
 
-    list_display = ["volume_id", "host", "files", "meta", "first_seen", "last_seen"]
+    list_display = ["volume_id", "host", "pool", "files", "meta", "first_seen", "last_seen"]
     list_filter = ["host"]
     readonly_fields = [f.name for f in UnknownVolume._meta.fields]
     actions = ["remove_from_host"]

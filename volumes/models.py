@@ -73,6 +73,9 @@ class UnknownVolume(models.Model):
     the scan; an admin removes it explicitly (admin action, ``volumes.reconcile.remove_unknown``)."""
 
     host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="unknown_volumes")
+    # The pool it was found in: the host's template pool or its VM pool ("" on rows found before VM
+    # pools were scanned: the template pool).
+    pool = models.CharField(max_length=512, blank=True, default="", editable=False)
     volume_id = models.UUIDField()
     files = models.JSONField(default=list, help_text="its files in the pool, as the scan saw them")
     meta = models.JSONField(null=True, blank=True, help_text="its metadata on the host, if readable")

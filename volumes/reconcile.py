@@ -6,7 +6,8 @@ against the rows and reports the drift:
 
     unknown volume  on the host, no Volume row knows it        reported only; an admin removes it
                                                                (``remove_unknown``, a host job)
-    unknown file    in the pool, not a volume's                 reported only, never touched
+    unknown file    in the pool, not a volume's (nor a file the reported only, never touched
+                    caller knows: a VM's seed ``known_files``)
     missing         a row whose volume the host does not have   the row is marked ILLEGAL with an error
                     (or without its data or readable metadata)  (the caller fails its template)
     differs         type, legality, generation or format        the host's values are mirrored into the row
@@ -14,11 +15,16 @@ against the rows and reports the drift:
 Each fix is a compare-and-set against the row as it was read, so a scan never overwrites what a flow
 wrote meanwhile; volumes an operation is working on are the caller's to name (``busy``: this module
 does not know templates) and are left out. Nothing here deletes a file.
+
+A host has two pools, scanned alike (``scan(host, pool=...)``): its template pool (``Host.pool_path``)
+and its VM pool (``Host.vm_pool_path``, where VM disks and their NoCloud seeds live). Each pool's rows
+are the volumes whose path is in it; a VM pool the host has not made yet holds nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import posixpath
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -57,17 +63,28 @@ class Report:
     elsewhere: list[str] = field(default_factory=list)  # on the host, known as another Host row's volume
     skipped: list[str] = field(default_factory=list)  # an operation works on them
     changed: list[str] = field(default_factory=list)  # what the scan changed (dry run: would change)
+    vm_pool: Report | None = None  # the host's VM pool, scanned with its template pool (``sealing.reconcile``)
+
+    @property
+    def own_drift(self) -> bool:
+        return bool(self.unknown_volumes or self.unknown_files or self.missing or self.differs)
 
     @property
     def drift(self) -> bool:
-        return bool(self.unknown_volumes or self.unknown_files or self.missing or self.differs)
+        return self.own_drift or bool(self.vm_pool and self.vm_pool.drift)
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "drift": self.drift}
+        out = {**asdict(self), "drift": self.drift}
+        if self.vm_pool is not None:
+            out["vm_pool"] = self.vm_pool.as_dict()
+        return out
 
     def summary(self) -> str:
-        return (f"{len(self.unknown_volumes)} unknown volume(s), {len(self.unknown_files)} unknown file(s), "
+        text = (f"{len(self.unknown_volumes)} unknown volume(s), {len(self.unknown_files)} unknown file(s), "
                 f"{len(self.missing)} missing, {len(self.differs)} different, {len(self.skipped)} skipped")
+        if self.vm_pool is not None:
+            text += f"; VM pool: {self.vm_pool.summary()}"
+        return text
 
 
 def row_state(vol: Volume) -> dict:
@@ -76,9 +93,10 @@ def row_state(vol: Volume) -> dict:
 
 
 def compare(host_name: str, scan: dict, rows: dict[str, dict], *, busy: set[str] = frozenset(),
-            elsewhere: set[str] = frozenset()) -> Report:
+            elsewhere: set[str] = frozenset(), known_files: set[str] = frozenset()) -> Report:
     """The drift between a host's ``pool-scan`` and the rows of that host ({volume id: row_state}).
-    ``busy``: ids an operation works on (left out); ``elsewhere``: ids other Host rows know."""
+    ``busy``: ids an operation works on (left out); ``elsewhere``: ids other Host rows know;
+    ``known_files``: names of files in the pool that are not volumes but are known (a VM's seed)."""
     if not scan.get("exists"):
         raise PoolMissing(f"host {host_name} has no pool directory {scan.get('pool')}: nothing compared")
     on_host = {v["id"]: v for v in scan["volumes"]}
@@ -109,7 +127,8 @@ def compare(host_name: str, scan: dict, rows: dict[str, dict], *, busy: set[str]
         files = [f["name"] for f in scan["files"] if f["name"].startswith(vol_id + ".")]
         report.unknown_volumes.append({"id": vol_id, "files": files, "meta": hv["meta"],
                                        "meta_error": hv["meta_error"]})
-    report.unknown_files = [{k: f[k] for k in ("name", "kind", "size", "mode")} for f in scan["unknown"]]
+    report.unknown_files = [{k: f[k] for k in ("name", "kind", "size", "mode")} for f in scan["unknown"]
+                            if not (f["name"] in known_files and f["kind"] == "file")]
     return report
 
 
@@ -117,17 +136,23 @@ def missing_error(host_name: str, why: str) -> str:
     return f"not usable on host {host_name}: {why} (found by a host scan)"
 
 
-def scan(host, *, busy: Callable[[], set[str]] = set) -> tuple[Report, dict[str, dict]]:
-    """Ask the host for its pool, then read the rows (in this order: a volume the host has was
-    recorded before its files were made, so the host's list never runs ahead of the rows). ``busy``
-    is asked once the host has answered."""
-    result = port.for_host(host).helper(hostops.pool_scan(host.pool_path), timeout=120)
-    busy_ids = busy()
-    # the template pool's volumes only: VM volumes live in the host's VM pool (vm_pool_path)
-    rows = {str(v.pk): row_state(v) for v in Volume.objects.filter(host=host, path__startswith=host.pool_path + "/")}
+def scan(host, *, pool: str | None = None, busy: Callable[[], set[str]] = set,
+         known_files: Callable[[], set[str]] = set) -> tuple[Report, dict[str, dict]]:
+    """Ask the host for its pool (``pool``: the template pool by default, or the VM pool), then read the
+    rows (in this order: a volume the host has was recorded before its files were made, so the host's
+    list never runs ahead of the rows). ``busy`` and ``known_files`` are asked once the host has
+    answered. A VM pool the host does not have (yet) is an empty pool: its rows, if any, are missing."""
+    pool = pool or host.pool_path
+    result = port.for_host(host).helper(hostops.pool_scan(pool), timeout=120)
+    if not result.get("exists") and pool != host.pool_path:
+        result = {"pool": pool, "exists": True, "volumes": [], "unknown": [], "files": []}
+    busy_ids, known = busy(), known_files()
+    # this pool's volumes only (Host.clean keeps the two pools apart; the dirname makes sure)
+    rows = {str(v.pk): row_state(v) for v in Volume.objects.filter(host=host, path__startswith=pool + "/")
+            if posixpath.dirname(v.path) == pool}
     on_host = {v["id"] for v in result.get("volumes", [])} - set(rows)
     elsewhere = {str(pk) for pk in Volume.objects.filter(pk__in=on_host).values_list("pk", flat=True)}
-    return compare(host.name, result, rows, busy=busy_ids, elsewhere=elsewhere), rows
+    return compare(host.name, result, rows, busy=busy_ids, elsewhere=elsewhere, known_files=known), rows
 
 
 def apply(host, report: Report, rows: dict[str, dict], *, dry_run: bool = False) -> None:
@@ -154,9 +179,13 @@ def apply(host, report: Report, rows: dict[str, dict], *, dry_run: bool = False)
     seen = []
     for u in report.unknown_volumes:
         obj, _ = UnknownVolume.objects.update_or_create(
-            host=host, volume_id=u["id"], defaults={"files": u["files"], "meta": u["meta"], "last_seen": now})
+            host=host, volume_id=u["id"], defaults={"files": u["files"], "meta": u["meta"], "last_seen": now,
+                                                    "pool": report.pool})
         seen.append(obj.pk)
-    UnknownVolume.objects.filter(host=host).exclude(pk__in=seen).delete()  # gone from the host meanwhile
+    in_pool = UnknownVolume.objects.filter(host=host, pool=report.pool)
+    if report.pool == host.pool_path:
+        in_pool = UnknownVolume.objects.filter(host=host, pool__in=[report.pool, ""])
+    in_pool.exclude(pk__in=seen).delete()  # gone from this pool meanwhile
 
 
 def _as_read(row: dict) -> dict:
@@ -171,10 +200,14 @@ def remove_unknown(unknown: UnknownVolume, *, reason: str, by: str) -> HostJob |
     if not reason:
         raise RemovalRefused("removing a volume from a host needs a reason")
     host, vol_id = unknown.host, str(unknown.volume_id)
+    pool = unknown.pool or host.pool_path
+    if pool not in (host.pool_path, host.vm_pool_path):
+        unknown.delete()
+        raise RemovalRefused(f"volume {vol_id} was found in {pool}, no pool of host {host.name} now: not removed")
     if Volume.objects.filter(pk=vol_id).exists():
         unknown.delete()
         raise RemovalRefused(f"volume {vol_id} is known to vmseal now: it is not removed")
-    scanned = port.for_host(host).helper(hostops.pool_scan(host.pool_path), timeout=120)
+    scanned = port.for_host(host).helper(hostops.pool_scan(pool), timeout=120)
     if not any(v["id"] == vol_id for v in scanned.get("volumes", [])):
         unknown.delete()
         return None
@@ -184,7 +217,7 @@ def remove_unknown(unknown: UnknownVolume, *, reason: str, by: str) -> HostJob |
     job = HostJob.create(host, JobAction.DELETE, target=f"volume:{vol_id}",
                          description=f"remove unknown volume, by {by}: {reason}"[:255],
                          deadline=timezone.now() + timedelta(seconds=timeout))
-    args = hostops.delete_volume(host.pool_path, vol_id)
+    args = hostops.delete_volume(pool, vol_id)
     runner.start(job, args)
     runner.wait(job, restart=lambda: runner.start(job, args))
     job.refresh_from_db()

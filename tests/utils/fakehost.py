@@ -61,6 +61,8 @@ class FakeHost(HostPort):
         self.undeletable: set[str] | object = set()
         self.unreachable = 0
         self.pool_exists = False
+        self.volume_pools: dict[str, str] = {}  # volume id -> the pool create-volume put it in
+        self.planted: dict[str, list[str]] = {}  # pool -> names of files no volume's (pool-scan's unknown)
         self._seal_failure: dict | None = None
         self._hooks: dict[str, list] = {}
         self._started: list = []
@@ -251,6 +253,7 @@ class FakeHost(HostPort):
             meta = {"id": a.id, "type": rules.LEAF, "legality": rules.LEGAL, "generation": 0, "parent": a.parent,
                     "format": "qcow2"}
             self.volumes[a.id] = meta
+            self.volume_pools[a.id] = a.pool
             return {**meta, "virtual_size": 1 << 30, "actual_size": 1 << 20, "path": f"{a.pool}/{a.id}.qcow2",
                     "backing": backing}, "", 0
         if a.cmd == "update-volume":
@@ -300,6 +303,19 @@ class FakeHost(HostPort):
         return {**self._meta(a.id), "path": f"{a.pool}/{a.id}.qcow2"}
 
     def _pool_scan(self, a, _):
+        """A volume is in the pool ``volume_pools`` says (create-volume records it; a test may set it); one
+        set in ``volumes`` by a test with no pool is in every pool. Seeds and ``planted`` files are unknown
+        entries."""
+        made_in = set(self.volume_pools.values())
+
+        def here(vol_id):
+            pool = self.volume_pools.get(vol_id)
+            return pool == a.pool if pool else True
+
         vols = [{"id": i, "meta": m, "meta_error": None, "data": True, "part": False}
-                for i, m in sorted(self.volumes.items())]
-        return {"pool": a.pool, "exists": self.pool_exists, "volumes": vols, "unknown": [], "files": []}
+                for i, m in sorted(self.volumes.items()) if here(i)]
+        names = sorted([p.rsplit("/", 1)[1] for p in self.seeds if p.rsplit("/", 1)[0] == a.pool]
+                       + self.planted.get(a.pool, []))
+        unknown = [{"name": n, "kind": "file", "size": 1, "mode": "0o600", "allocated": 4096} for n in names]
+        exists = self.pool_exists or a.pool in made_in or bool(unknown)
+        return {"pool": a.pool, "exists": exists, "volumes": vols, "unknown": unknown, "files": unknown}
