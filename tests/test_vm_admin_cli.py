@@ -17,7 +17,11 @@ HASH = "$6$saltsalt$" + "h" * 86
 
 
 @pytest.fixture
-def fake(db):
+def fake(db, monkeypatch):
+    from hostjobs import runner
+
+    monkeypatch.setattr(runner, "POLL_MIN", 0.0)
+    monkeypatch.setattr(runner, "WATCH", 0.0)
     host = FakeHost(disks=1)
     with port.use(lambda h: host):
         yield host
@@ -118,3 +122,61 @@ def test_the_cli_makes_and_deletes_a_vm(fake, template, tmp_path, capsys):
     assert vm.status == "locked"
     assert HostJob.objects.get(pk=vm.job_id).action == "delete_vm"
     assert fake.calls == [["domain_info", "web-1"]], "only the read-only look at its state"
+
+
+def test_the_admin_deletes_a_running_vm_only_with_the_force_box_ticked(admin_client, fake, template):
+    from django.contrib.messages import get_messages
+
+    from audit.models import Event
+    from vms import flow, service
+    from vms.models import Vm
+
+    for d in template.disks.select_related("volume"):
+        fake.volumes[str(d.volume_id)] = {"id": str(d.volume_id), "type": "SHARED", "legality": "LEGAL",
+                                          "generation": d.volume.generation, "parent": None, "format": "qcow2"}
+    vm = Vm(name="web-1", template=template, host=template.host, start=True)
+    vm.full_clean(validate_constraints=False)
+    service.start(vm)
+    flow.run(vm.pk)
+    assert fake.domains["web-1"]["state"] == "running"
+    url = f"/admin/vms/vm/{vm.pk}/delete/"
+
+    page = admin_client.get(url).content.decode()
+    assert "<strong>running</strong>" in page
+    assert 'name="force" value="true"' in page
+    jobs = HostJob.objects.count()
+    r = admin_client.post(url, {"post": "yes"}, follow=True)  # the box not ticked
+    said = [str(m) for m in get_messages(r.wsgi_request)]
+    assert any("is running" in m and "force" in m for m in said), said
+    assert not any("deleted successfully" in m for m in said)
+    assert (Vm.objects.get(pk=vm.pk).status, HostJob.objects.count()) == ("ok", jobs), "nothing asked of the host"
+    assert fake.domains["web-1"]["state"] == "running"
+    assert Event.objects.get(action="vm.delete").outcome == "refused"
+    r = admin_client.post(url, {"post": "yes", "force": "yes please"})  # only "true" forces
+    assert Vm.objects.get(pk=vm.pk).status == "ok"
+
+    r = admin_client.post(url, {"post": "yes", "force": "true"})
+    assert r.status_code == 302
+    row = Vm.objects.get(pk=vm.pk)
+    assert (row.status, row.force_delete) == ("locked", True)
+    op = HostJob.objects.get(pk=row.job_id)
+    assert op.action == "delete_vm"
+    flow.run(vm.pk)
+    op.refresh_from_db()
+    assert op.status == "done"
+    assert ["destroy_domain", "web-1"] in fake.calls, "powered off first"
+    assert not Vm.objects.filter(pk=vm.pk).exists()
+    assert "web-1" not in fake.domains
+    assert list(Event.objects.filter(action="vm.delete").values_list("outcome", flat=True).order_by("when")) == [
+        "refused", "refused", "accepted"]
+
+
+def test_the_delete_page_of_a_stopped_vm_has_no_force_box(admin_client, fake, template):
+    from vms.models import Vm
+
+    vm = Vm.objects.create(name="web-2", template=template, host=template.host, hostname="web-2", status="ok",
+                           phase="DONE")
+    page = admin_client.get(f"/admin/vms/vm/{vm.pk}/delete/").content.decode()
+    assert 'name="force"' not in page
+    admin_client.post(f"/admin/vms/vm/{vm.pk}/delete/", {"post": "yes", "force": "true"})
+    assert Vm.objects.get(pk=vm.pk).status == "locked"

@@ -83,16 +83,38 @@ class VmAdmin(admin.ModelAdmin):
                    "opts": self.model._meta}
         return TemplateResponse(request, "admin/vms/vm/new.html", context)
 
+    def delete_view(self, request, object_id, extra_context=None):
+        """The confirmation page says the domain's state (a read-only look on the host); a running VM needs
+        the explicit force box ticked (the API's ``?force=true``): it is powered off first."""
+        extra = dict(extra_context or {})
+        obj = self.get_object(request, object_id)
+        if obj is not None and request.method == "GET":
+            try:
+                extra["domain_state"] = service.domain_state(obj)
+            except Refused as e:
+                extra["domain_state_error"] = e.message
+            extra["running"] = extra.get("domain_state") not in (None, "", "shut off")
+        return super().delete_view(request, object_id, extra)
+
     def delete_model(self, request, obj):
-        """Deleting goes through a job that removes the domain, volumes and seed on the host first (a
-        running VM is refused: stop it, or delete it through the API with force)."""
+        """Deleting goes through a job that removes the domain, volumes and seed on the host first. A
+        running VM is refused unless the confirmation's force box was ticked (``force=true``: powered off
+        first); the bulk delete action never forces."""
+        force = request.POST.get("force", "") == "true" and request.POST.get("action") != "delete_selected"
         try:
-            op = service.request_delete(obj)
+            op = service.request_delete(obj, force=force)
         except Refused as e:
-            messages.error(request, e.message)
+            messages.error(request, e.message + (" (tick the force box to power it off first)"
+                                                 if e.code == "vm_running" else ""))
             return
-        messages.info(request, f"Deleting VM {obj.name!r} (domain, volumes, seed) on {obj.host.name}: job {op.pk}.")
+        messages.info(request, f"Deleting VM {obj.name!r} (domain, volumes, seed) on {obj.host.name}"
+                               + (", powered off first" if force else "") + f": job {op.pk}.")
 
     def delete_queryset(self, request, queryset):
         for obj in queryset:
             self.delete_model(request, obj)
+
+    def response_delete(self, request, obj_display, obj_id):
+        """Not Django's "deleted successfully": the VM stays (locked) until its delete job ends, or was
+        refused; the messages above say which."""
+        return redirect(reverse("admin:vms_vm_changelist"))
