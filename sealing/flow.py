@@ -305,14 +305,15 @@ def holders(t: Template) -> list[str]:
     """What keeps ``t`` from being deleted, by name, read through reverse relations only (sealing never
     imports the apps that build on templates): a volume whose parent (backing file) is one of its
     volumes (a thin VM's disk, ``Volume.parent``; PROTECT also refuses it at the database), and any VM
-    still being made from it (a full copy reads its volumes; ``Template.vms``, any phase but DONE)."""
+    still being made from it or rolling back (a full copy reads its volumes; ``Template.vms``, any
+    phase but DONE)."""
     held = {}
     for vol_id, vm_name in Volume.objects.filter(parent__disk__template=t).values_list("id", "vm_disk__vm__name"):
         held[vm_name or f"volume {vol_id}"] = f"{vm_name} (thin)" if vm_name else f"volume {vol_id}"
     vms = getattr(t, "vms", None)  # the reverse relation of the vms app, when it is installed
     if vms is not None:
-        for name, clone in vms.exclude(phase=engine.DONE).values_list("name", "clone"):
-            held.setdefault(name, f"{name} ({clone}, being made)")
+        for name, clone, phase in vms.exclude(phase=engine.DONE).values_list("name", "clone", "phase"):
+            held.setdefault(name, f"{name} ({clone}, {phase})")  # being made, or its rollback unfinished
     return [held[k] for k in sorted(held)]
 
 

@@ -80,7 +80,7 @@ def test_the_admin_refuses_to_delete_a_template_backing_a_vm_and_deletes_vms_by_
     page = r.content.decode()
     # the service's check (the API's 409, sealing.flow.holders: the VM is still being made) refuses it and
     # the admin says so, naming the VM
-    assert any("web-1 (thin, being made)" in str(m) for m in get_messages(r.wsgi_request)), page[-2000:]
+    assert any("web-1 (thin, CREATE_VM)" in str(m) for m in get_messages(r.wsgi_request)), page[-2000:]
     template.refresh_from_db()
     assert template.status == "ok"
     assert HostJob.objects.count() == jobs, "no delete job"
