@@ -12,9 +12,12 @@ Prints each figure, then, last: `thin_p50_s= thin_p99_s= burst20_s= thin_overhea
 thin_overhead_s: the median thin VM's wall time not spent inside its host jobs (the direct calls to the
 host - libvirt's lookups and define, the seed's write - count as overhead). full_clone_ratio: median
 full VM wall / median raw convert wall. The issue's goals: thin p50 <= 1.5 s, a burst of 20 <= 10 s,
-overhead <= 0.5 s, full clone <= 1.10x (with disks large enough that copying dominates: --filler-mb).
+overhead <= 0.5 s, full clone <= 1.10x (with disks large enough that copying dominates: --filler-mb, 1.5 GiB
+of random data in the source's root disk by default). Each full VM's time is also broken down (``full
+profile``): its phases as its job's log times them, the longest disk copy inside CREATE_DISKS, and the
+rest (queueing, the job's start and end, the callbacks) - the fixed cost a full clone adds to a copy.
 
-    .venv/bin/python bench/vm_create.py [--count 20] [--runs 3] [--filler-mb 512] [--quick]
+    .venv/bin/python bench/vm_create.py [--count 20] [--runs 3] [--filler-mb 1536] [--quick]
     (root; makes and removes its own test host, vmseal-b<pid>v)
 
 --quick (CI): 3 thin VMs, a burst of 3, one full VM and one raw copy of small disks: the same path end to
@@ -23,6 +26,7 @@ end; its figures check that the bench works, they are not measurements.
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -97,6 +101,20 @@ def inside(job) -> float:
     return sum((c.completed - c.started).total_seconds() for c in job.children.all() if c.started and c.completed)
 
 
+PHASE_RE = re.compile(r"^(\w+) done in ([\d.]+)s$", re.M)
+
+
+def profile(job, wall) -> dict:
+    """Where a full VM's wall time went: each phase (its job's log), the longest copy job, the rest."""
+    phases = {name: float(sec) for name, sec in PHASE_RE.findall(job.log)}
+    copies = [(c.completed - c.started).total_seconds() for c in job.children.all()
+              if c.action == "clone" and c.started and c.completed]
+    out = {**phases, "copy(longest)": max(copies, default=0.0)}
+    out["outside phases"] = wall - sum(phases.values())
+    out["fixed"] = wall - out["copy(longest)"]
+    return out
+
+
 def pct(values, p):
     s = sorted(values)
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
@@ -106,7 +124,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=20, help="thin VMs one after another, and in the burst")
     ap.add_argument("--runs", type=int, default=3, help="full clones (and raw copies)")
-    ap.add_argument("--filler-mb", type=int, default=512, help="data in each source disk (the full clone's copy)")
+    ap.add_argument("--filler-mb", type=int, default=1536,
+                    help="random data in the source's root disk, MiB (what the full clone copies)")
     ap.add_argument("--quick", action="store_true", help="small counts and disks: a check that the bench works")
     args = ap.parse_args()
     if args.quick:
@@ -159,19 +178,23 @@ def main():
         burst = time.monotonic() - t0
         print(f"burst of {args.count}: all done in {burst:.2f}s", flush=True)
 
-        full, raw = [], []
+        full, raw, profiles = [], [], []
         for i in range(args.runs):
             for what in (("vmseal", "raw") if i % 2 == 0 else ("raw", "vmseal")):
                 t0 = time.monotonic()
                 if what == "vmseal":
-                    wait_done([post_vm(api, template["id"], f"full-{i}", clone="full")], t0)
+                    [job] = wait_done([post_vm(api, template["id"], f"full-{i}", clone="full")], t0)
                     full.append(time.monotonic() - t0)
+                    profiles.append(profile(job, full[-1]))
                 else:
                     host_exec("sh", "-c", "set -e; mkdir -p /var/lib/vmseal/raw; " + "; ".join(
                         f"qemu-img convert -f qcow2 -O qcow2 {p} /var/lib/vmseal/raw/{i}-{n}.qcow2"
                         for n, p in enumerate(tpaths)))
                     raw.append(time.monotonic() - t0)
                 print(f"run {i} {what}: {(full if what == 'vmseal' else raw)[-1]:.2f}s", flush=True)
+        keys = list(dict.fromkeys(k for p in profiles for k in p))
+        print("full profile (median s): " + ", ".join(
+            f"{k} {statistics.median(p.get(k, 0.0) for p in profiles):.2f}" for k in keys), flush=True)
         ratio = statistics.median(full) / statistics.median(raw)
         print(f"thin_p50_s={pct(walls, 50):.2f} thin_p99_s={pct(walls, 99):.2f} burst{args.count}_s={burst:.2f} "
               f"thin_overhead_s={statistics.median(overheads):.2f} full_clone_ratio={ratio:.3f}")
