@@ -165,7 +165,8 @@ def test_cancel_during_seal_stops_virt_sysprep_and_rolls_back(hj, dbx):
 
 def test_template_pools_volumes_and_jobs_are_readable_by_root_only(hj, dbx):
     """While a seal runs (recorded by the cancel test): the pool 0711 (searchable, so qemu reaches a thin
-    VM's backing file; not listable), the writable volumes and their metadata 0600, the jobs directory and the seal's job directory 0700, its spec (the callback secret),
+    VM's backing file; not listable), the writable volumes and their metadata 0600, the jobs directory
+    and the seal's job directory 0700, its spec (the callback secret),
     state and log 0600. Once SHARED (the poll-only test's template): disk and metadata 0400. Before:
     libvirt's pool 0711, volumes 0644 then 0444, metadata, job state and log 0644."""
     from hostjobs.models import Host

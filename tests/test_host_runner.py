@@ -304,7 +304,8 @@ def test_job_directories_and_files_are_roots_alone_whatever_the_umask(host_lib):
 
 def test_volumes_and_metadata_are_roots_alone_and_read_only_once_shared(host_lib, tmp_path):
     """A template disk and its metadata: 0600 while writable, 0400 once SHARED (before: 0644, then 0444),
-    in a pool directory made 0711 (searchable by qemu's user, not listable); qemu-img, started by the helper, makes the disk under its umask."""
+    in a pool directory made 0711 (searchable by qemu's user, not listable); qemu-img, started by the
+    helper, makes the disk under its umask."""
     call, _ = host_lib
     source = tmp_path / "source.raw"
     subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(source), "1M"], check=True)
