@@ -1,7 +1,6 @@
 import hashlib
 import json
 
-from django.db.models import Count, Sum
 from django.db.models.fields.json import KT
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -107,25 +106,26 @@ def _json_bool(value):
     return None if value is None else str(value).lower() in ("1", "true")
 
 
-def list_rows(ids: list[int]) -> list[dict]:
-    """TemplateListSerializer's representation of the templates ``ids``, in that order."""
-    rows = {r["id"]: r for r in Template.objects.filter(pk__in=ids)
-            .values(*LIST_FIELDS, audit_passed=KT("audit__passed"))}  # not the whole audit document
-    summary = {s["template_id"]: s for s in TemplateDisk.objects.filter(template_id__in=ids).order_by()
-               .values("template_id").annotate(n=Count("pk"), size=Sum("volume__size"))}
+def list_rows(queryset, ids=None, total=None) -> list[dict]:
+    """TemplateListSerializer's representation of the templates of ``queryset`` (ordered) whose pk is in
+    ``ids`` (a subquery: the page), each with ``total`` (a scalar subquery) if given: one query, the disk
+    count and size by correlated subqueries for the page's rows only."""
+    qs = queryset.with_disk_summary()
+    if ids is not None:
+        qs = qs.filter(pk__in=ids)
+    extra = {"total": total} if total is not None else {}
     out = []
-    for pk in ids:
-        r = rows.get(pk)
-        if r is None:
-            continue
-        disks = summary.get(pk, {})
-        out.append({
+    for r in qs.values(*LIST_FIELDS, "n_disks", "size", audit_passed=KT("audit__passed"), **extra):
+        row = {
             "id": r["id"], "name": r["name"], "description": r["description"], "host": r["host_id"],
             "vm": r["vm_name"], "seal": r["seal"], "status": r["status"], "phase": r["phase"], "sealed": r["sealed"],
             "guest_os": r["guest_os"], "audit_passed": _json_bool(r["audit_passed"]), "error": r["error"],
-            "job": str(r["job_id"]) if r["job_id"] else None, "disk_count": disks.get("n", 0),
-            "size": disks.get("size"), "created": _datetime(r["created"]), "updated": _datetime(r["updated"]),
-        })
+            "job": str(r["job_id"]) if r["job_id"] else None, "disk_count": r["n_disks"] or 0,
+            "size": r["size"], "created": _datetime(r["created"]), "updated": _datetime(r["updated"]),
+        }
+        if total is not None:
+            row["total"] = r["total"]
+        out.append(row)
     return out
 
 
@@ -152,13 +152,18 @@ class TemplateViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
 
     @extend_schema(responses=TemplateListSerializer(many=True))
     def list(self, request, *args, **kwargs):
-        """The hot read path: a page costs the same few queries wherever it is in the list (the page's
-        ids, filtered and ordered on the indexes; those rows; their disks' count and size) and its rows
-        are built as plain dicts (list_rows, equal to TemplateListSerializer's output, which a test
-        checks) rather than through DRF's per-field machinery, which cost more than the queries."""
+        """The hot read path: a page is one SQL query wherever it is in the list (its rows, filtered and
+        ordered on the indexes, picked by a LIMIT/OFFSET subquery on the pks; their disks' count and size;
+        the total: vmseal.pagination.Pagination.paginate_in_one_query), and its rows are built as plain
+        dicts (list_rows, equal to TemplateListSerializer's output, which a test checks) rather than
+        through DRF's per-field machinery, which cost more than the queries. Nothing is cached: every
+        answer is what the database holds when it is asked."""
         ordered = self.filter_queryset(Template.objects.all())
-        page = self.paginate_queryset(ordered.values_list("pk", flat=True))
-        return self.get_paginated_response(list_rows(list(page)))
+        order = [*(ordered.query.order_by or Template._meta.ordering), "-pk"]  # ties: the same order in both
+        ordered = ordered.order_by(*order)
+        rows = self.paginator.paginate_in_one_query(
+            ordered, request, lambda ids, total: list_rows(ordered, ids, total))
+        return self.get_paginated_response(rows)
     filterset_fields = {"status": ["exact"], "sealed": ["exact"], "host": ["exact"], "name": ["exact", "icontains"]}
     ordering_fields = ["created", "name", "status"]
     ordering = ["-created"]

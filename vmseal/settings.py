@@ -16,12 +16,18 @@ Environment:
   VMSEAL_Q_WORKERS       qcluster workers (default 4: work is mostly waiting on hosts)
   VMSEAL_MAX_PARALLEL_SEALS  virt-sysprep runs at once per host (default 2; Host.max_parallel_seals overrides)
   VMSEAL_HOST_SCAN_MINUTES  minutes between scans of every host's pool (default 10; read when migrating; 0: none)
+  VMSEAL_METRICS_ALLOW   comma-separated client addresses/networks that may GET /metrics without a token
+                         (default: none; a token of a user with metrics.view_metrics always may)
+  VMSEAL_METRICS_DIR     the web workers' counter files (prometheus_client multiprocess mode; default
+                         <data dir>/metrics, made 0700, emptied when gunicorn starts: gunicorn.conf.py)
 """
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
 
+from metrics import multiproc
 from vmseal.private import private_dir
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -61,6 +67,7 @@ INSTALLED_APPS = [
     "volumes",
     "templates",
     "sealing",
+    "metrics",
 ]
 
 MIDDLEWARE = [
@@ -214,3 +221,11 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"vmseal": {"handlers": ["console"], "level": os.environ.get("VMSEAL_LOG_LEVEL", "INFO")}},
 }
+
+# GET /metrics (metrics/): who may read it without a token, and where the web workers' counters are kept.
+# PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is first imported (here, before any app).
+VMSEAL_METRICS_ALLOW = [n.strip() for n in os.environ.get("VMSEAL_METRICS_ALLOW", "").split(",") if n.strip()]
+for _net in VMSEAL_METRICS_ALLOW:
+    ipaddress.ip_network(_net, strict=False)  # a typo refuses to start, never silently allows nobody/anybody
+VMSEAL_METRICS_DIR = private_dir(multiproc.directory(), parents=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(VMSEAL_METRICS_DIR)
