@@ -219,3 +219,68 @@ def test_a_status_gauge_for_another_model_is_one_line(client, reader, host):
     assert value(s, "vmseal_test_jobs", status="pending") == 1
     assert value(s, "vmseal_test_jobs", status="done") == 0
     assert ("vmseal_test_jobs", (("status", "done"),)) in s
+
+
+# -- several gunicorn workers ------------------------------------------------------------------------------
+
+def test_counters_from_several_gunicorn_workers_are_summed_and_a_restart_clears_the_old_files(tmp_path, django_db_setup,
+                                                                                           django_db_blocker):
+    """gunicorn as README "Deploying" runs it (2 workers, gunicorn.conf.py read from the checkout): refused
+    callbacks land in whichever worker took the connection; every scrape, in either worker, counts them all."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    from django.db import connection
+
+    from tests.utils.paths import ROOT
+
+    counters = tmp_path / "metrics"
+    counters.mkdir(mode=0o700)
+    (counters / "counter_4242.db").write_bytes(b"left by an earlier run")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with django_db_blocker.unblock():
+        db_name = str(connection.settings_dict["NAME"])  # the test database, migrated
+    env = {**os.environ, "VMSEAL_DATA_DIR": str(tmp_path / "data"), "VMSEAL_METRICS_DIR": str(counters),
+           "VMSEAL_METRICS_ALLOW": "127.0.0.1", "VMSEAL_DB_NAME": db_name}
+    web = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "vmseal.wsgi:application", "--bind",
+                            f"127.0.0.1:{port}", "--workers", "2", "--threads", "2", "--worker-class", "gthread"],
+                           cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    try:
+        def post():
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/api/callbacks/", data=b"{}", method="POST")
+            try:
+                urllib.request.urlopen(req, timeout=10)
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert post() == 401
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "gunicorn did not answer"
+                time.sleep(0.2)
+        assert not (counters / "counter_4242.db").exists(), "the earlier run's counts were removed at start"
+        sent = 1
+        while len(list(counters.glob("counter_*.db"))) < 2 and sent < 300:  # until both workers took some
+            assert post() == 401
+            sent += 1
+        assert len(list(counters.glob("counter_*.db"))) == 2, "both workers counted"
+        for _ in range(6):  # each scrape on a new connection: either worker
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for fam in text_string_to_metric_families(text) for s in fam.samples}
+            assert got[("vmseal_callbacks_refused_total", (("reason", "not_signed"),))] == sent
+    finally:
+        os.killpg(web.pid, 15)
+        web.wait(20)
