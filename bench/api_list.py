@@ -53,7 +53,8 @@ def setup_env(db: str) -> tuple[dict, bool]:
     for k in [k for k in os.environ if k.startswith("VMSEAL_DB_") or k == "VMSEAL_REDIS_URL"]:
         del os.environ[k]  # --compare: the previous measurement's backend
     if db == "postgresql":
-        running = subprocess.run(["redis-cli", "-p", "56379", "ping"], capture_output=True).returncode == 0
+        port = os.environ.get("VMSEAL_REDIS_PORT", "56379")  # scripts/services.sh's
+        running = subprocess.run(["redis-cli", "-p", port, "ping"], capture_output=True).returncode == 0
         out = subprocess.run([str(ROOT / "scripts" / "services.sh"), "start"], check=True, capture_output=True,
                              text=True).stdout
         started = not running
