@@ -7,8 +7,8 @@ else /metrics shows is read from the database at scrape time (metrics.collectors
 whichever worker or qcluster did the work.
 
 The directory is private (0700, vmseal.private), ``VMSEAL_METRICS_DIR`` or ``<data dir>/metrics``, and
-is emptied when gunicorn starts (gunicorn.conf.py's on_starting: the counters then restart at zero,
-which Prometheus's rate() takes as a counter reset). Stdlib only: settings.py and gunicorn.conf.py use
+is emptied when gunicorn starts (vmseal/gunicorn_conf.py's on_starting: the counters then restart at zero,
+which Prometheus's rate() takes as a counter reset). Stdlib only: settings.py and vmseal/gunicorn_conf.py use
 it before Django is set up, and PROMETHEUS_MULTIPROC_DIR must be in the environment before
 prometheus_client is first imported.
 """

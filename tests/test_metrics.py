@@ -225,7 +225,7 @@ def test_a_status_gauge_for_another_model_is_one_line(client, reader, host):
 
 def test_counters_from_several_gunicorn_workers_are_summed_and_a_restart_clears_the_old_files(tmp_path, django_db_setup,
                                                                                            django_db_blocker):
-    """gunicorn as README "Deploying" runs it (2 workers, gunicorn.conf.py read from the checkout): refused
+    """gunicorn as README "Deploying" runs it (2 workers, -c python:vmseal.gunicorn_conf): refused
     callbacks land in whichever worker took the connection; every scrape, in either worker, counts them all."""
     import os
     import socket
@@ -250,7 +250,8 @@ def test_counters_from_several_gunicorn_workers_are_summed_and_a_restart_clears_
         db_name = str(connection.settings_dict["NAME"])  # the test database, migrated
     env = {**os.environ, "VMSEAL_DATA_DIR": str(tmp_path / "data"), "VMSEAL_METRICS_DIR": str(counters),
            "VMSEAL_METRICS_ALLOW": "127.0.0.1", "VMSEAL_DB_NAME": db_name}
-    web = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "vmseal.wsgi:application", "--bind",
+    web = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "-c", "python:vmseal.gunicorn_conf",
+                            "vmseal.wsgi:application", "--bind",
                             f"127.0.0.1:{port}", "--workers", "2", "--threads", "2", "--worker-class", "gthread"],
                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            start_new_session=True)

@@ -19,7 +19,7 @@ Environment:
   VMSEAL_METRICS_ALLOW   comma-separated client addresses/networks that may GET /metrics without a token
                          (default: none; a token of a user with metrics.view_metrics always may)
   VMSEAL_METRICS_DIR     the web workers' counter files (prometheus_client multiprocess mode; default
-                         <data dir>/metrics, made 0700, emptied when gunicorn starts: gunicorn.conf.py)
+                         <data dir>/metrics, made 0700, emptied when gunicorn starts: vmseal/gunicorn_conf.py)
 """
 
 import ipaddress
