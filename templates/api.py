@@ -122,19 +122,36 @@ def _int(value):
     return None if value is None else int(value)  # PostgreSQL's SUM(bigint) is a numeric
 
 
-def list_rows(queryset, ids=None, total=None) -> list[dict]:
+# The SQL of list pages by their shape (the request's filters, search and ordering, the page's number and
+# size): the ORM takes longer to build and compile it than the database to run it. SQL and parameters
+# only, a function of the request's parameters: never rows, never a count (those are read every time).
+_PAGE_SQL: dict[tuple, tuple[str, tuple]] = {}
+PAGE_SQL_ENTRIES = 2000
+
+
+def list_rows(queryset, ids=None, total=None, shape: tuple | None = None) -> list[dict]:
     """TemplateListSerializer's representation of the templates of ``queryset`` (ordered) whose pk is in
     ``ids`` (a subquery: the page), each with ``total`` (a scalar subquery) if given: one query, the disk
-    count and size by correlated subqueries for the page's rows only. The ORM writes the SQL; its rows are
-    read with the cursor and converted here, column by column (the ORM's per-value converters and
-    per-row dicts cost more than the query)."""
-    qs = queryset.with_disk_summary()
-    if ids is not None:
-        qs = qs.filter(pk__in=ids)
-    extra = {"total": total} if total is not None else {}
-    qs = qs.values(*LIST_FIELDS, "n_disks", "size", audit_passed=KT("audit__passed"), **extra)
-    sql, params = qs.query.get_compiler(qs.db).as_sql()
-    with connections[qs.db].cursor() as cursor:
+    count and size by correlated subqueries for the page's rows only. The ORM writes the SQL (kept under
+    ``shape``, if given: whatever makes the same SQL, see _PAGE_SQL); its rows are read with the cursor and
+    converted here, column by column (the ORM's per-value converters and per-row dicts cost more than
+    the query)."""
+    db = queryset.db
+    compiled = _PAGE_SQL.get((db, shape)) if shape is not None else None
+    if compiled is None:
+        qs = queryset.with_disk_summary()
+        if ids is not None:
+            qs = qs.filter(pk__in=ids)
+        extra = {"total": total} if total is not None else {}
+        qs = qs.values(*LIST_FIELDS, "n_disks", "size", audit_passed=KT("audit__passed"), **extra)
+        sql, params = qs.query.get_compiler(db).as_sql()
+        compiled = (sql, tuple(params))
+        if shape is not None:
+            if len(_PAGE_SQL) >= PAGE_SQL_ENTRIES:
+                _PAGE_SQL.clear()
+            _PAGE_SQL[db, shape] = compiled
+    sql, params = compiled
+    with connections[db].cursor() as cursor:
         cursor.execute(sql, params)
         col = {d[0]: i for i, d in enumerate(cursor.description)}
         fetched = cursor.fetchall()
@@ -183,13 +200,19 @@ class TemplateViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
         ordered on the indexes, picked by a LIMIT/OFFSET subquery on the pks; their disks' count and size;
         the total: vmseal.pagination.Pagination.paginate_in_one_query), and its rows are built as plain
         dicts (list_rows, equal to TemplateListSerializer's output, which a test checks) rather than
-        through DRF's per-field machinery, which cost more than the queries. Nothing is cached: every
-        answer is what the database holds when it is asked."""
-        ordered = self.filter_queryset(Template.objects.all())
+        through DRF's per-field machinery, which cost more than the queries. No row and no count is
+        cached: every answer is what the database holds when it is asked (only the SQL's text is kept,
+        by the request's parameters: list_rows)."""
+        ordered = self.filter_queryset(Template.objects.all())  # validates the filters every time (400)
         order = [*(ordered.query.order_by or Template._meta.ordering), "-pk"]  # ties: the same order in both
         ordered = ordered.order_by(*order)
-        rows = self.paginator.paginate_in_one_query(
-            ordered, request, lambda ids, total: list_rows(ordered, ids, total))
+        params = tuple(sorted((k, tuple(v)) for k, v in request.query_params.lists()
+                              if k not in (self.paginator.page_query_param, self.paginator.page_size_query_param)))
+
+        def rows(ids, total, number, size):
+            return list_rows(ordered, ids, total, shape=(params, number, size))
+
+        rows = self.paginator.paginate_in_one_query(ordered, request, rows)
         return self.get_paginated_response(rows)
     filterset_fields = {"status": ["exact"], "sealed": ["exact"], "host": ["exact"], "name": ["exact", "icontains"]}
     ordering_fields = ["created", "name", "status"]

@@ -272,10 +272,25 @@ def test_counters_from_several_gunicorn_workers_are_summed_and_a_restart_clears_
                 assert time.monotonic() < deadline, "gunicorn did not answer"
                 time.sleep(0.2)
         assert not (counters / "counter_4242.db").exists(), "the earlier run's counts were removed at start"
-        sent = 1
-        while len(list(counters.glob("counter_*.db"))) < 2 and sent < 300:  # until both workers took some
-            assert post() == 401
-            sent += 1
+        import threading
+
+        sent, answers = [1], []
+
+        def burst():
+            for _ in range(5):
+                answers.append(post())
+
+        for _ in range(20):  # concurrent connections, until both workers have taken some
+            threads = [threading.Thread(target=burst) for _ in range(12)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            sent[0] += 5 * len(threads)
+            if len(list(counters.glob("counter_*.db"))) == 2:
+                break
+        assert answers == [401] * (sent[0] - 1)
+        sent = sent[0]
         assert len(list(counters.glob("counter_*.db"))) == 2, "both workers counted"
         for _ in range(6):  # each scrape on a new connection: either worker
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()

@@ -13,11 +13,12 @@ class Pagination(PageNumberPagination):
 
     def paginate_in_one_query(self, queryset, request, rows):
         """DRF's page of ``queryset`` (filtered and ordered) in one SQL query instead of a COUNT and a page:
-        ``rows(ids, total)`` gets the page's primary keys as a subquery (the queryset's order, LIMIT and
-        OFFSET) and the total as a scalar subquery, and returns the page's rows (dicts, in order) with the
-        total in each under ``"total"``. Each round trip to the database costs most where the database
-        shares the CPU with the app (PostgreSQL): a page is one, whatever its place in the list. Only an
-        empty page (past the end, or an empty list) or ``page=last`` asks for the count on its own."""
+        ``rows(ids, total, number, size)`` gets the page's primary keys as a subquery (the queryset's order,
+        LIMIT and OFFSET), the total as a scalar subquery, and the page's number and size; it returns the
+        page's rows (dicts, in order) with the total in each under ``"total"``. Each round trip to the
+        database costs most where the database shares the CPU with the app (PostgreSQL): a page is one,
+        whatever its place in the list. Only an empty page (past the end, or an empty list) or
+        ``page=last`` asks for the count on its own."""
         self.request = request
         size = self.get_page_size(request)
         paginator = self.django_paginator_class(queryset, size)
@@ -35,7 +36,7 @@ class Pagination(PageNumberPagination):
         ids = queryset.values("pk")[(number - 1) * size:number * size]
         total = _Subquery(queryset.order_by().annotate(_n=Func("pk", function="COUNT", output_field=IntegerField()))
                           .values("_n"))
-        out = rows(ids, total)
+        out = rows(ids, total, number, size)
         paginator.__dict__["count"] = out[0]["total"] if out else queryset.count()
         try:
             self.page = paginator.page(number)
