@@ -137,7 +137,8 @@ def list_rows(queryset, ids=None, total=None, shape: tuple | None = None) -> lis
     converted here, column by column (the ORM's per-value converters and per-row dicts cost more than
     the query)."""
     db = queryset.db
-    compiled = _PAGE_SQL.get((db, shape)) if shape is not None else None
+    key = (db, connections[db].vendor, shape)  # the SQL is the backend's dialect
+    compiled = _PAGE_SQL.get(key) if shape is not None else None
     if compiled is None:
         qs = queryset.with_disk_summary()
         if ids is not None:
@@ -149,7 +150,7 @@ def list_rows(queryset, ids=None, total=None, shape: tuple | None = None) -> lis
         if shape is not None:
             if len(_PAGE_SQL) >= PAGE_SQL_ENTRIES:
                 _PAGE_SQL.clear()
-            _PAGE_SQL[db, shape] = compiled
+            _PAGE_SQL[key] = compiled
     sql, params = compiled
     with connections[db].cursor() as cursor:
         cursor.execute(sql, params)
