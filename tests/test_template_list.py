@@ -105,3 +105,19 @@ def test_the_list_shows_each_template_as_it_is_now(api_token, many, host):
     assert body["count"] == count - 1
     assert t.pk not in [x["id"] for x in body["results"]]
     assert api_token.get("/api/templates/?status=failed").json()["count"] == 0
+
+
+def test_the_kept_sql_follows_the_list_as_it_changes(api_token, many):
+    """The SQL of a page is kept by the request's parameters; what it reads is read every time: page=last
+    after templates were removed is the new last page, a kept filter sees the new states."""
+    from templates.models import Template
+
+    first = api_token.get("/api/templates/?page_size=4&page=last").json()
+    assert (first["count"], len(first["results"])) == (23, 3)
+    ok_before = api_token.get("/api/templates/?status=ok&page_size=500").json()["count"]
+    Template.objects.filter(name__in=["tpl-00", "tpl-01", "tpl-02", "tpl-04"]).delete()
+    again = api_token.get("/api/templates/?page_size=4&page=last").json()
+    assert again["count"] == 19
+    assert [t["name"] for t in again["results"]] == ["tpl-06", "tpl-05", "tpl-03"]
+    assert api_token.get("/api/templates/?status=ok&page_size=500").json()["count"] == ok_before - 3
+    assert api_token.get("/api/templates/?page_size=4&page=6").status_code == 404
