@@ -125,6 +125,7 @@ def _int(value):
 # The SQL of list pages by their shape (the request's filters, search and ordering, the page's number and
 # size): the ORM takes longer to build and compile it than the database to run it. SQL and parameters
 # only, a function of the request's parameters: never rows, never a count (those are read every time).
+# Every reader sees the same list: were it ever narrowed per user, the user would join the shape.
 _PAGE_SQL: dict[tuple, tuple[str, tuple]] = {}
 PAGE_SQL_ENTRIES = 2000
 

@@ -11,6 +11,7 @@ Environment:
   VMSEAL_DB_ENGINE       sqlite (default) or postgresql; then VMSEAL_DB_NAME/USER/PASSWORD/HOST/PORT
   VMSEAL_DB_NAME         for sqlite: the database file (default <data dir>/vmseal.sqlite3)
   VMSEAL_DB_CONN_MAX_AGE seconds a database connection is kept for the next request (default 60; 0: one per request)
+  VMSEAL_DB_CONN_HEALTH_CHECKS  0: no SELECT 1 on a kept PostgreSQL connection before a request uses it (default 1)
   VMSEAL_REDIS_URL       use django-q2's Redis broker instead of the ORM broker (and Redis as Django's cache)
   VMSEAL_TEMPLATE_CREATE_RATE  template creations per user (default 30/min; DRF rate syntax)
   VMSEAL_HOST_VMS_RATE   GET /api/hosts/<id>/vms/ per user (default 30/min: each opens libvirt on the host)
@@ -108,7 +109,9 @@ if os.environ.get("VMSEAL_DB_ENGINE", "sqlite") == "postgresql":
             "HOST": os.environ.get("VMSEAL_DB_HOST", "127.0.0.1"),
             "PORT": os.environ.get("VMSEAL_DB_PORT", "5432"),
             "CONN_MAX_AGE": int(os.environ.get("VMSEAL_DB_CONN_MAX_AGE", "60")),
-            "CONN_HEALTH_CHECKS": True,
+            # a kept connection is checked (SELECT 1) before a request's first query: a restarted PostgreSQL
+            # costs no failed request; VMSEAL_DB_CONN_HEALTH_CHECKS=0 saves that round trip per request
+            "CONN_HEALTH_CHECKS": os.environ.get("VMSEAL_DB_CONN_HEALTH_CHECKS", "1") != "0",
             # one test database per test session (app processes started by the tests get its name)
             "TEST": {"NAME": f"test_vmseal_{os.getpid()}"},
         }
