@@ -1,6 +1,7 @@
 import hashlib
 import json
 import uuid
+from datetime import UTC
 
 from django.db import connections
 from django.db.models.fields.json import KT
@@ -97,14 +98,15 @@ LIST_FIELDS = ("id", "name", "description", "host_id", "vm_name", "seal", "statu
                "error", "job_id", "created", "updated")
 
 
-def _datetime(value):
-    """As DRF's DateTimeField renders it (ISO 8601, UTC as Z). SQLite's driver gives a naive datetime (UTC:
-    Django stores them so), PostgreSQL an aware one."""
+def _datetime(value, tz=None):
+    """As DRF's DateTimeField renders it (ISO 8601 in the current time zone, UTC as Z). SQLite's driver
+    gives a naive datetime (UTC: Django stores them so), PostgreSQL an aware one. ``tz``: the current time
+    zone, looked up once per list rather than once per value."""
     if value is None:
         return None
     if value.tzinfo is None:
-        return value.isoformat() + "Z"
-    text = timezone.localtime(value).isoformat()
+        value = value.replace(tzinfo=UTC)
+    text = value.astimezone(tz or timezone.get_current_timezone()).isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
@@ -160,6 +162,7 @@ def list_rows(queryset, ids=None, total=None, shape: tuple | None = None) -> lis
     (i_id, i_name, i_desc, i_host, i_vm, i_seal, i_status, i_phase, i_sealed, i_os, i_error, i_job, i_created,
      i_updated, i_n, i_size, i_audit) = (col[c] for c in (*LIST_FIELDS, "n_disks", "size", "audit_passed"))
     i_total = col.get("total")
+    tz = timezone.get_current_timezone()
     out = []
     for r in fetched:
         row = {
@@ -167,7 +170,7 @@ def list_rows(queryset, ids=None, total=None, shape: tuple | None = None) -> lis
             "seal": bool(r[i_seal]), "status": r[i_status], "phase": r[i_phase], "sealed": bool(r[i_sealed]),
             "guest_os": r[i_os], "audit_passed": _json_bool(r[i_audit]), "error": r[i_error],
             "job": _uuid(r[i_job]), "disk_count": r[i_n] or 0, "size": _int(r[i_size]),
-            "created": _datetime(r[i_created]), "updated": _datetime(r[i_updated]),
+            "created": _datetime(r[i_created], tz), "updated": _datetime(r[i_updated], tz),
         }
         if i_total is not None:
             row["total"] = r[i_total]

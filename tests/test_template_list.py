@@ -121,3 +121,18 @@ def test_the_kept_sql_follows_the_list_as_it_changes(api_token, many):
     assert [t["name"] for t in again["results"]] == ["tpl-06", "tpl-05", "tpl-03"]
     assert api_token.get("/api/templates/?status=ok&page_size=500").json()["count"] == ok_before - 3
     assert api_token.get("/api/templates/?page_size=4&page=6").status_code == 404
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin"])
+def test_times_are_what_drf_renders_in_the_current_time_zone(api_token, many, settings, zone):
+    from rest_framework.fields import DateTimeField
+
+    from templates.models import Template
+
+    settings.TIME_ZONE = zone
+    rows = api_token.get("/api/templates/?page_size=500").json()["results"]
+    for row in rows:
+        t = Template.objects.get(pk=row["id"])
+        assert row["created"] == DateTimeField().to_representation(t.created)
+        assert row["updated"] == DateTimeField().to_representation(t.updated)
+    assert rows[0]["created"].endswith("Z" if zone == "UTC" else "+01:00")
