@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('hostjobs', '0007_forget_nonces_schedule'),
-        ('templates', '0006_phase_cleanup_failed'),
+        ('templates', '0007_template_hardware'),
     ]
 
     operations = [
