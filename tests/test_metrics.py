@@ -141,6 +141,10 @@ def test_templates_jobs_and_slots_are_counted_from_the_database(client, reader, 
     from templates.models import TemplateStatus
 
     assert {("vmseal_templates", (("status", v),)) for v in TemplateStatus.values} <= set(s)
+    from vms.states import VmStatus
+
+    assert {("vmseal_vms", (("status", v),)) for v in VmStatus.values} <= set(s), "VMs by status, zeros too"
+    assert value(s, "vmseal_vms", status="ok") == 0
     assert value(s, "vmseal_jobs", kind="operation", action="create_template", status="running") == 1
     assert value(s, "vmseal_jobs", kind="virt", action="seal", status="running") == 1
     assert value(s, "vmseal_jobs", kind="virt", action="seal", status="pending") == 1
@@ -180,7 +184,7 @@ def test_a_scrape_costs_the_same_few_queries_however_many_rows(client, reader, h
         j = HostJob.create(host, JobAction.COPY)
         j.start()
         j.end("done")
-    with django_assert_max_num_queries(8):  # token, jobs, durations, slots, hosts, templates
+    with django_assert_max_num_queries(9):  # token, jobs, durations, slots, hosts, templates, VMs
         scrape(client, **reader)
 
 
