@@ -158,7 +158,9 @@ def cmd_create(a):
     else:
         rate = ["-r", str(a.rate_limit)] if a.rate_limit else []
         command = ["qemu-img", "convert", *rate, "-f", a.source_format, "-O", "qcow2", a.source]
-    os.makedirs(a.pool, mode=0o700, exist_ok=True)  # an existing pool keeps its mode (libvirt made it 0700)
+    searchable_pool(a.pool)
+    if a.parent:
+        searchable_pool(a.parent_pool)  # qemu opens the backing file through it
     # Creation in progress: ILLEGAL until the data is complete (vdsm does the same).
     meta = {"id": a.id, "type": rules.LEAF, "legality": rules.ILLEGAL, "generation": 0, "parent": a.parent or None,
             "format": "qcow2"}
@@ -184,6 +186,26 @@ def cmd_create(a):
         meta["legality"] = rules.LEGAL
         write_meta(meta_path, meta)
     return {**meta, **image_info(data), "path": data}
+
+
+VMSEAL_DIR = "/var/lib/vmseal"
+
+
+def searchable_pool(pool):
+    """A pool, made if missing, that qemu can reach: libvirt runs a VM's qemu as its own user
+    (libvirt-qemu) and hands it the VM's disk files and their backing files for the run (DAC labelling),
+    so the pool directory, and vmseal's own directories above it, may be searched by others (0711) but
+    never listed; every file in it stays root's 0600 (0400 once SHARED) until libvirt hands it to qemu.
+    Directories above the pool that are not vmseal's are left as the host's admin made them."""
+    os.makedirs(pool, mode=0o711, exist_ok=True)
+    d = os.path.normpath(pool)
+    while True:
+        st = os.lstat(d)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and stat.S_IMODE(st.st_mode) != 0o711:
+            os.chmod(d, 0o711)
+        if d == VMSEAL_DIR or not d.startswith(VMSEAL_DIR + "/"):
+            break
+        d = os.path.dirname(d)
 
 
 def _read_meta_or_none(meta_path):

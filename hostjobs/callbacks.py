@@ -35,14 +35,20 @@ _DECOY_SECRET = secrets.token_hex(32)
 # Sent for libvirt hook events: sender=Host, event=dict(kind, domain, op, subop). The flow (sealing)
 # listens, so hostjobs does not need to know what a template is.
 host_event = django.dispatch.Signal()
+# Sent once per notification answered: sender=Host, accepted (bool), reason (accepted: the kind, "job",
+# "domain" or "daemon"; refused: why, one of REFUSALS). The metrics app counts them.
+callback_answered = django.dispatch.Signal()
+REFUSALS = ("too_large", "not_signed", "stale", "replayed", "no_such_job", "unknown_kind")
 
 
 def sign(secret: str, body: bytes, ts: str, nonce: str) -> str:
     return hmac.new(secret.encode(), f"{ts}.{nonce}.".encode() + body, hashlib.sha256).hexdigest()
 
 
-def _refuse(status: int, why: str) -> JsonResponse:
-    return JsonResponse({"detail": why}, status=status)
+class _Refusal(Exception):
+    def __init__(self, status: int, why: str, reason: str):
+        super().__init__(why)
+        self.status, self.why, self.reason = status, why, reason
 
 
 TIMESTAMP = re.compile(r"[0-9]{1,12}")
@@ -65,38 +71,49 @@ def _sender(body: bytes) -> tuple[dict, Host | None]:
 @csrf_exempt
 @require_POST
 def callback(request):
+    try:
+        kind, answer = _take(request)
+    except _Refusal as e:
+        callback_answered.send(sender=Host, accepted=False, reason=e.reason)
+        return JsonResponse({"detail": e.why}, status=e.status)
+    callback_answered.send(sender=Host, accepted=True, reason=kind)
+    return JsonResponse(answer)
+
+
+def _take(request) -> tuple[str, dict]:
+    """The notification's kind and the answer to it, or _Refusal."""
     body = request.body
     if len(body) > MAX_BODY:
-        return _refuse(413, "body too large")
+        raise _Refusal(413, "body too large", "too_large")
     ts = request.headers.get("X-Vmseal-Timestamp", "")
     nonce = request.headers.get("X-Vmseal-Nonce", "")
     sig = request.headers.get("X-Vmseal-Signature", "")
     # ASCII only, and of the shapes sign() makes: anything else (non-ASCII, other digits) is unsigned
     if not (TIMESTAMP.fullmatch(ts) and NONCE.fullmatch(nonce) and SIGNATURE.fullmatch(sig)):
-        return _refuse(401, NOT_SIGNED)
+        raise _Refusal(401, NOT_SIGNED, "not_signed")
     payload, host = _sender(body)
     # an unknown host costs the same HMAC as a known one, and gets the same answer as a bad signature
     expected = sign(host.callback_secret if host else _DECOY_SECRET, body, ts, nonce)
     if not hmac.compare_digest(expected, sig) or host is None:
-        return _refuse(401, NOT_SIGNED)
+        raise _Refusal(401, NOT_SIGNED, "not_signed")
     if abs(time.time() - int(ts)) > MAX_SKEW:
-        return _refuse(401, "stale timestamp")
+        raise _Refusal(401, "stale timestamp", "stale")
     try:
         with transaction.atomic():
             CallbackNonce.objects.create(host=host, nonce=nonce)
     except IntegrityError:
-        return _refuse(409, "replayed")
+        raise _Refusal(409, "replayed", "replayed") from None
     kind = payload.get("kind")
     if kind == "job":
         try:
             job = HostJob.objects.select_related("host").get(pk=payload.get("job"), host=host)
         except (HostJob.DoesNotExist, ValueError, TypeError, Exception):
-            return _refuse(404, "no such job on this host")
+            raise _Refusal(404, "no such job on this host", "no_such_job") from None
         runner.apply_state(job, {k: payload.get(k) for k in ("status", "error", "exit_code", "result", "log",
                                                              "log_offset", "log_complete") if k in payload})
-        return JsonResponse({"ok": True, "status": HostJob.objects.get(pk=job.pk).status})
+        return kind, {"ok": True, "status": HostJob.objects.get(pk=job.pk).status}
     if kind in ("domain", "daemon"):
         log.info("host %s: %s event %s", host, kind, {k: payload.get(k) for k in ("domain", "op", "subop")})
         host_event.send(sender=Host, host=host, event=payload)
-        return JsonResponse({"ok": True})
-    return _refuse(400, "unknown kind")
+        return kind, {"ok": True}
+    raise _Refusal(400, "unknown kind", "unknown_kind")

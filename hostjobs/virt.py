@@ -111,7 +111,11 @@ def _map(e: libvirt.libvirtError, host) -> HostError:
                                detail=msg)
     if code == libvirt.VIR_ERR_NO_DOMAIN:
         return DomainNotFound(f"no VM of that name on host {host}", detail=msg)
-    if dom in (libvirt.VIR_FROM_REMOTE, libvirt.VIR_FROM_RPC) or code == libvirt.VIR_ERR_SYSTEM_ERROR:
+    # A system error of the transport (ssh, the socket) is the host's reach; one of a driver (qemu could
+    # not open a disk, say) is an answer from a reachable host.
+    if dom in (libvirt.VIR_FROM_REMOTE, libvirt.VIR_FROM_RPC) or (
+            code == libvirt.VIR_ERR_SYSTEM_ERROR and dom in (libvirt.VIR_FROM_NONE, libvirt.VIR_FROM_SSH,
+                                                             libvirt.VIR_FROM_LIBSSH)):
         return HostUnreachable(f"cannot reach libvirt on host {host}: {msg}", detail=msg)
     if dom == libvirt.VIR_FROM_STORAGE:
         return StorageError(f"libvirt storage error on host {host}: {msg}", detail=msg)
@@ -355,7 +359,8 @@ def pool_name(path: str) -> str:
 
 def ensure_pool(host) -> None:
     """The host's template pool: a libvirt ``dir`` pool at ``host.pool_path``, created on first use, mode
-    0700 (libvirt's build sets it): template disks are root's alone."""
+    0711 (libvirt's build sets it): searchable, so qemu (libvirt-qemu) reaches a thin VM's backing file,
+    never listable; the template disks in it are root's 0400 files (the host helper's searchable_pool)."""
     from xml.sax.saxutils import escape
 
     def fn(conn):
@@ -365,7 +370,7 @@ def ensure_pool(host) -> None:
             if e.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
                 raise
             xml = (f"<pool type='dir'><name>{pool_name(host.pool_path)}</name><target><path>{escape(host.pool_path)}"
-                   "</path><permissions><mode>0700</mode></permissions></target></pool>")
+                   "</path><permissions><mode>0711</mode></permissions></target></pool>")
             pool = conn.storagePoolDefineXML(xml, 0)
             pool.build(0)
             pool.setAutostart(1)

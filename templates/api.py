@@ -1,7 +1,9 @@
 import hashlib
 import json
+import uuid
+from datetime import UTC
 
-from django.db.models import Count, Sum
+from django.db import connections
 from django.db.models.fields.json import KT
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -96,10 +98,16 @@ LIST_FIELDS = ("id", "name", "description", "host_id", "vm_name", "seal", "statu
                "error", "job_id", "created", "updated")
 
 
-def _datetime(value):
-    """As DRF's DateTimeField renders it (ISO 8601, UTC as Z)."""
-    text = timezone.localtime(value).isoformat() if value else None
-    return text[:-6] + "Z" if text and text.endswith("+00:00") else text
+def _datetime(value, tz=None):
+    """As DRF's DateTimeField renders it (ISO 8601 in the current time zone, UTC as Z). SQLite's driver
+    gives a naive datetime (UTC: Django stores them so), PostgreSQL an aware one. ``tz``: the current time
+    zone, looked up once per list rather than once per value."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    text = value.astimezone(tz or timezone.get_current_timezone()).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 def _json_bool(value):
@@ -107,25 +115,66 @@ def _json_bool(value):
     return None if value is None else str(value).lower() in ("1", "true")
 
 
-def list_rows(ids: list[int]) -> list[dict]:
-    """TemplateListSerializer's representation of the templates ``ids``, in that order."""
-    rows = {r["id"]: r for r in Template.objects.filter(pk__in=ids)
-            .values(*LIST_FIELDS, audit_passed=KT("audit__passed"))}  # not the whole audit document
-    summary = {s["template_id"]: s for s in TemplateDisk.objects.filter(template_id__in=ids).order_by()
-               .values("template_id").annotate(n=Count("pk"), size=Sum("volume__size"))}
+def _uuid(value):
+    """A UUID column: SQLite stores 32 hex digits, PostgreSQL gives a UUID."""
+    return None if value is None else str(value if isinstance(value, uuid.UUID) else uuid.UUID(value))
+
+
+def _int(value):
+    return None if value is None else int(value)  # PostgreSQL's SUM(bigint) is a numeric
+
+
+# The SQL of list pages by their shape (the request's filters, search and ordering, the page's number and
+# size): the ORM takes longer to build and compile it than the database to run it. SQL and parameters
+# only, a function of the request's parameters: never rows, never a count (those are read every time).
+# Every reader sees the same list: were it ever narrowed per user, the user would join the shape.
+_PAGE_SQL: dict[tuple, tuple[str, tuple]] = {}
+PAGE_SQL_ENTRIES = 2000
+
+
+def list_rows(queryset, ids=None, total=None, shape: tuple | None = None) -> list[dict]:
+    """TemplateListSerializer's representation of the templates of ``queryset`` (ordered) whose pk is in
+    ``ids`` (a subquery: the page), each with ``total`` (a scalar subquery) if given: one query, the disk
+    count and size by correlated subqueries for the page's rows only. The ORM writes the SQL (kept under
+    ``shape``, if given: whatever makes the same SQL, see _PAGE_SQL); its rows are read with the cursor and
+    converted here, column by column (the ORM's per-value converters and per-row dicts cost more than
+    the query)."""
+    db = queryset.db
+    key = (db, connections[db].vendor, shape)  # the SQL is the backend's dialect
+    compiled = _PAGE_SQL.get(key) if shape is not None else None
+    if compiled is None:
+        qs = queryset.with_disk_summary()
+        if ids is not None:
+            qs = qs.filter(pk__in=ids)
+        extra = {"total": total} if total is not None else {}
+        qs = qs.values(*LIST_FIELDS, "n_disks", "size", audit_passed=KT("audit__passed"), **extra)
+        sql, params = qs.query.get_compiler(db).as_sql()
+        compiled = (sql, tuple(params))
+        if shape is not None:
+            if len(_PAGE_SQL) >= PAGE_SQL_ENTRIES:
+                _PAGE_SQL.clear()
+            _PAGE_SQL[key] = compiled
+    sql, params = compiled
+    with connections[db].cursor() as cursor:
+        cursor.execute(sql, params)
+        col = {d[0]: i for i, d in enumerate(cursor.description)}
+        fetched = cursor.fetchall()
+    (i_id, i_name, i_desc, i_host, i_vm, i_seal, i_status, i_phase, i_sealed, i_os, i_error, i_job, i_created,
+     i_updated, i_n, i_size, i_audit) = (col[c] for c in (*LIST_FIELDS, "n_disks", "size", "audit_passed"))
+    i_total = col.get("total")
+    tz = timezone.get_current_timezone()
     out = []
-    for pk in ids:
-        r = rows.get(pk)
-        if r is None:
-            continue
-        disks = summary.get(pk, {})
-        out.append({
-            "id": r["id"], "name": r["name"], "description": r["description"], "host": r["host_id"],
-            "vm": r["vm_name"], "seal": r["seal"], "status": r["status"], "phase": r["phase"], "sealed": r["sealed"],
-            "guest_os": r["guest_os"], "audit_passed": _json_bool(r["audit_passed"]), "error": r["error"],
-            "job": str(r["job_id"]) if r["job_id"] else None, "disk_count": disks.get("n", 0),
-            "size": disks.get("size"), "created": _datetime(r["created"]), "updated": _datetime(r["updated"]),
-        })
+    for r in fetched:
+        row = {
+            "id": r[i_id], "name": r[i_name], "description": r[i_desc], "host": r[i_host], "vm": r[i_vm],
+            "seal": bool(r[i_seal]), "status": r[i_status], "phase": r[i_phase], "sealed": bool(r[i_sealed]),
+            "guest_os": r[i_os], "audit_passed": _json_bool(r[i_audit]), "error": r[i_error],
+            "job": _uuid(r[i_job]), "disk_count": r[i_n] or 0, "size": _int(r[i_size]),
+            "created": _datetime(r[i_created], tz), "updated": _datetime(r[i_updated], tz),
+        }
+        if i_total is not None:
+            row["total"] = r[i_total]
+        out.append(row)
     return out
 
 
@@ -152,13 +201,24 @@ class TemplateViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
 
     @extend_schema(responses=TemplateListSerializer(many=True))
     def list(self, request, *args, **kwargs):
-        """The hot read path: a page costs the same few queries wherever it is in the list (the page's
-        ids, filtered and ordered on the indexes; those rows; their disks' count and size) and its rows
-        are built as plain dicts (list_rows, equal to TemplateListSerializer's output, which a test
-        checks) rather than through DRF's per-field machinery, which cost more than the queries."""
-        ordered = self.filter_queryset(Template.objects.all())
-        page = self.paginate_queryset(ordered.values_list("pk", flat=True))
-        return self.get_paginated_response(list_rows(list(page)))
+        """The hot read path: a page is one SQL query wherever it is in the list (its rows, filtered and
+        ordered on the indexes, picked by a LIMIT/OFFSET subquery on the pks; their disks' count and size;
+        the total: vmseal.pagination.Pagination.paginate_in_one_query), and its rows are built as plain
+        dicts (list_rows, equal to TemplateListSerializer's output, which a test checks) rather than
+        through DRF's per-field machinery, which cost more than the queries. No row and no count is
+        cached: every answer is what the database holds when it is asked (only the SQL's text is kept,
+        by the request's parameters: list_rows)."""
+        ordered = self.filter_queryset(Template.objects.all())  # validates the filters every time (400)
+        order = [*(ordered.query.order_by or Template._meta.ordering), "-pk"]  # ties: the same order in both
+        ordered = ordered.order_by(*order)
+        params = tuple(sorted((k, tuple(v)) for k, v in request.query_params.lists()
+                              if k not in (self.paginator.page_query_param, self.paginator.page_size_query_param)))
+
+        def rows(ids, total, number, size):
+            return list_rows(ordered, ids, total, shape=(params, number, size))
+
+        rows = self.paginator.paginate_in_one_query(ordered, request, rows)
+        return self.get_paginated_response(rows)
     filterset_fields = {"status": ["exact"], "sealed": ["exact"], "host": ["exact"], "name": ["exact", "icontains"]}
     ordering_fields = ["created", "name", "status"]
     ordering = ["-created"]

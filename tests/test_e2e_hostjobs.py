@@ -164,8 +164,9 @@ def test_cancel_during_seal_stops_virt_sysprep_and_rolls_back(hj, dbx):
 
 
 def test_template_pools_volumes_and_jobs_are_readable_by_root_only(hj, dbx):
-    """While a seal runs (recorded by the cancel test): the pool 0700, the writable volumes and their
-    metadata 0600, the jobs directory and the seal's job directory 0700, its spec (the callback secret),
+    """While a seal runs (recorded by the cancel test): the pool 0711 (searchable, so qemu reaches a thin
+    VM's backing file; not listable), the writable volumes and their metadata 0600, the jobs directory
+    and the seal's job directory 0700, its spec (the callback secret),
     state and log 0600. Once SHARED (the poll-only test's template): disk and metadata 0400. Before:
     libvirt's pool 0711, volumes 0644 then 0444, metadata, job state and log 0644."""
     from hostjobs.models import Host
@@ -176,12 +177,12 @@ def test_template_pools_volumes_and_jobs_are_readable_by_root_only(hj, dbx):
     expected = {".", *(f"{v}.{ext}" for v in during["vol_ids"] for ext in ("qcow2", "meta"))}
     assert expected <= set(pool), f"not in the pool during the seal: {sorted(expected - set(pool))}"
     assert {".", seal, f"{seal}/spec.json", f"{seal}/state.json", f"{seal}/log"} <= set(jobs)
-    for where, seen in (("pool", pool), ("jobs", jobs)):
-        wrong = {p: m for p, m in seen.items() if m != {"d": ("d", "700", "root"), "f": ("f", "600", "root")}.get(m[0])}
-        assert not wrong, f"{where} during the seal: readable by others, want 0700 dirs / 0600 files: {wrong}"
+    for where, seen, d in (("pool", pool, "711"), ("jobs", jobs, "700")):
+        wrong = {p: m for p, m in seen.items() if m != {"d": ("d", d, "root"), "f": ("f", "600", "root")}.get(m[0])}
+        assert not wrong, f"{where} during the seal: readable by others, want {d} dirs / 0600 files: {wrong}"
 
     shared = host_modes(hj.th, Host.objects.get(name="hj-poll").pool_path)
-    assert shared["."] == ("d", "700", "root")
+    assert shared["."] == ("d", "711", "root")
     disks = [n for n in shared if n.endswith(".qcow2")]
     assert disks, "the poll-only test's template is there"
     for name in disks:

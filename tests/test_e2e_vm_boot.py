@@ -109,6 +109,8 @@ def fleet(test_host, qcluster, callback_server, django_db_blocker, debian_guest,
                 assert ended[jid]["status"] == "done", (name, _failure(api, ended[jid]))
             vms = {v["name"]: v for v in api.get("/api/vms/?page_size=50").json()["results"]}
             rows = {vm.name: vm for vm in Vm.objects.all()}
+            parents = {name: [d.volume.parent_id for d in vm.disks.select_related("volume")]
+                       for name, vm in rows.items()}
             probes, consoles = {}, {}
             for name in VMS:  # they all boot at once: wait for each one's line in turn
                 try:
@@ -128,7 +130,7 @@ def fleet(test_host, qcluster, callback_server, django_db_blocker, debian_guest,
             deleted = wait_jobs(api, del_jobs.values(), timeout=300)
             yield {"th": th, "api": api, "templates": templates, "vms": vms, "rows": rows, "probes": probes,
                    "consoles": consoles, "keys": keys, "guests": guests, "states": states,
-                   "sha_before": sha_before, "sha_after": th.sha256(tpaths),
+                   "parents": parents, "sha_before": sha_before, "sha_after": th.sha256(tpaths),
                    "deleted": {name: deleted[jid] for name, jid in del_jobs.items()},
                    "domains_after": set(th.virsh("list", "--all", "--name").stdout.split()),
                    "timings": {"seal_s": seal_s, "create_and_boot_s": boot_s, "create_s": create_s}}
@@ -205,9 +207,8 @@ def test_no_vm_launched_an_appliance_for_its_identity(fleet):
 
 
 def test_thin_vms_are_overlays_and_the_full_one_a_copy(fleet):
-    rows = fleet["rows"]
     for name, (_v, clone, _h) in VMS.items():
-        parents = [d.volume.parent_id for d in rows[name].disks.select_related("volume")]
+        parents = fleet["parents"][name]
         assert parents, name
         assert all((p is not None) == (clone == "thin") for p in parents), (name, parents)
 

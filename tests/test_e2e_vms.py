@@ -14,6 +14,7 @@ import json
 import pytest
 
 from tests.utils.api import add_host, superuser_api
+from tests.utils.guest import probe
 from tests.utils.jobs import wait_jobs
 
 pytestmark = pytest.mark.e2e
@@ -80,6 +81,28 @@ def vmrun(test_host, qcluster, callback_server, django_db_blocker):
             out["xml"] = {n: th.virsh("dumpxml", n).stdout for n in ("thin-1", "full-1") if n in out["domains"]}
             out["seed_label"] = th.exec("sh", "-c", f"dd if={VM_POOL}/{out['vm_rows']['thin-1'].uuid}.seed.iso "
                                                     "bs=1 skip=32808 count=32 2>/dev/null").stdout.strip()
+
+            # an unsealed template (a copy, no appliance) makes its VM's identity with one virt-customize
+            r = api.post("/api/templates/", {"name": "plain-tpl", "host": host.pk, "vm": "vm-src", "seal": False},
+                         format="json")
+            assert r.status_code == 202, r.content
+            [pjob] = wait_jobs(api, [r.json()["id"]], timeout=600).values()
+            assert pjob["status"] == "done", pjob
+            plain = api.get("/api/templates/?name=plain-tpl").json()["results"][0]
+            ppaths = [d["volume"]["path"] for d in api.get(f"/api/templates/{plain['id']}/").json()["disks"]]
+            out["plain_sha_before"] = th.sha256(ppaths)
+            r = api.post("/api/vms/", {"template": plain["id"], "name": "cust-1",
+                                       "identity": {"hostname": "cust-one", "ssh_authorized_keys": [KEY],
+                                                    "root_password_hash": HASH}}, format="json")
+            assert r.status_code == 202, r.content
+            [out["cust_job"]] = wait_jobs(api, [r.json()["id"]], timeout=900).values()
+            out["plain_sha_after"] = th.sha256(ppaths)
+            cust = Vm.objects.filter(name="cust-1").first()
+            out["cust"] = cust
+            if cust is not None:
+                [cdisk] = [Volume.objects.get(pk=d.volume_id).path for d in cust.disks.all()]
+                out["cust_guest"] = probe(th, [cdisk], ["/etc/hostname", "/root/.ssh/authorized_keys", "/etc/shadow",
+                                                       "/etc/machine-id"], [])[cdisk]["files"]
 
             # the template backs thin-1: its delete is refused
             r = api.delete(f"/api/templates/{t['id']}/")
@@ -169,3 +192,18 @@ def test_deleting_a_vm_removes_its_domain_volumes_and_seed_and_never_the_templat
     assert gone & set(vmrun["vm_pool"]) == gone, "they were there"
     assert not gone & set(after["vm_pool"])
     assert vmrun["sha_after"] == vmrun["sha_before"], "the template's volume files were never written"
+
+
+def test_an_unsealed_template_gets_one_virt_customize_on_the_vms_own_disk(vmrun):
+    job = vmrun["cust_job"]
+    assert job["status"] == "done", job["error"]
+    assert [c["action"] for c in job["children"]].count("customize") == 1
+    assert "virt-customize ran" in job["log"]
+    assert HASH not in json.dumps(job), "the hash is in no log or argv the job shows"
+    assert vmrun["cust"].identity_appliance is True
+    guest = vmrun["cust_guest"]
+    assert guest["/etc/hostname"]["head"].strip() == "cust-one"
+    assert KEY in guest["/root/.ssh/authorized_keys"]["head"]
+    assert guest["/etc/shadow"]["head"].startswith(f"root:{HASH}:")
+    assert guest["/etc/machine-id"]["size"] == 0
+    assert vmrun["plain_sha_after"] == vmrun["plain_sha_before"], "its backing file was never written"

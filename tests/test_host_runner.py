@@ -304,7 +304,8 @@ def test_job_directories_and_files_are_roots_alone_whatever_the_umask(host_lib):
 
 def test_volumes_and_metadata_are_roots_alone_and_read_only_once_shared(host_lib, tmp_path):
     """A template disk and its metadata: 0600 while writable, 0400 once SHARED (before: 0644, then 0444),
-    in a pool directory made 0700; qemu-img, started by the helper, makes the disk under its umask."""
+    in a pool directory made 0711 (searchable by qemu's user, not listable); qemu-img, started by the
+    helper, makes the disk under its umask."""
     call, _ = host_lib
     source = tmp_path / "source.raw"
     subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(source), "1M"], check=True)
@@ -312,12 +313,12 @@ def test_volumes_and_metadata_are_roots_alone_and_read_only_once_shared(host_lib
     rc, made = call("create-volume", "--pool", str(pool), "--id", vol, "--source", str(source),
                     "--source-format", "raw", umask=0o000)
     assert rc == 0, made
-    assert modes(pool) == {".": "0o700", f"{vol}.qcow2": "0o600", f"{vol}.meta": "0o600"}
+    assert modes(pool) == {".": "0o711", f"{vol}.qcow2": "0o600", f"{vol}.meta": "0o600"}
     rc, shared = call("update-volume", "--pool", str(pool), "--id", vol, "--generation", "0", "--type", "SHARED",
                       umask=0o000)
     assert rc == 0, shared
     assert shared["mode"] == "0o400"
-    assert modes(pool) == {".": "0o700", f"{vol}.qcow2": "0o400", f"{vol}.meta": "0o400"}
+    assert modes(pool) == {".": "0o711", f"{vol}.qcow2": "0o400", f"{vol}.meta": "0o400"}
     rc, deleted = call("delete-volume", "--pool", str(pool), "--id", vol, umask=0o000)
     assert (rc, deleted["deleted"]) == (0, True), "root still deletes a read-only SHARED volume"
-    assert modes(pool) == {".": "0o700"}
+    assert modes(pool) == {".": "0o711"}

@@ -225,6 +225,16 @@ def test_scrub_leaves_nothing_of_the_source_machine():
     assert root.find("devices/tpm/backend").attrib == {"type": "emulator", "version": "2.0"}
 
 
+def test_scrub_removes_seclabels_wherever_they_are():
+    """Not only the domain's and those inside the disk sources it drops: one in a kept element goes too."""
+    xml = ("<domain type='kvm'><name>n</name><devices><hostdev mode='subsystem' type='usb'><source>"
+           "<vendor id='0x1234'/><product id='0xbeef'/></source><seclabel model='dac' relabel='no'/></hostdev>"
+           "</devices></domain>")
+    root = ET.fromstring(scrub(xml))
+    assert root.find(".//seclabel") is None
+    assert root.find("devices/hostdev/source/vendor").get("id") == "0x1234"
+
+
 def test_scrub_keeps_the_hardware():
     root = ET.fromstring(scrub(RICH))
     assert root.get("type") == "kvm"

@@ -177,7 +177,7 @@ def identity(ctx: engine.Context) -> dict:
 def customize_commands(vm: Vm) -> str:
     """virt-customize's commands for the VM's identity (a commands file: the hash is never in an argv).
     The values were validated by the model (one line, no shell or sed metacharacters in hostname and keys)."""
-    lines = [f"hostname {vm.hostname}", "truncate /etc/machine-id", "delete /var/lib/dbus/machine-id",
+    lines = [f"hostname {vm.hostname}", "write /etc/machine-id:", "delete /var/lib/dbus/machine-id",
              "delete /etc/ssh/ssh_host_*",
              "firstboot-command ssh-keygen -A && (systemctl try-restart ssh.service sshd.service || true)"]
     lines += [f"ssh-inject root:string:{k}" for k in vm.ssh_authorized_keys]

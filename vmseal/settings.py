@@ -10,6 +10,8 @@ Environment:
   VMSEAL_SSH_KEY         the app's SSH private key (default: <data dir>/ssh/id_ed25519, made on first use)
   VMSEAL_DB_ENGINE       sqlite (default) or postgresql; then VMSEAL_DB_NAME/USER/PASSWORD/HOST/PORT
   VMSEAL_DB_NAME         for sqlite: the database file (default <data dir>/vmseal.sqlite3)
+  VMSEAL_DB_CONN_MAX_AGE seconds a database connection is kept for the next request (default 60; 0: one per request)
+  VMSEAL_DB_CONN_HEALTH_CHECKS  0: no SELECT 1 on a kept PostgreSQL connection before a request uses it (default 1)
   VMSEAL_REDIS_URL       use django-q2's Redis broker instead of the ORM broker (and Redis as Django's cache)
   VMSEAL_TEMPLATE_CREATE_RATE  template creations per user (default 30/min; DRF rate syntax)
   VMSEAL_HOST_VMS_RATE   GET /api/hosts/<id>/vms/ per user (default 30/min: each opens libvirt on the host)
@@ -19,12 +21,18 @@ Environment:
   VMSEAL_WEBHOOK_TRIES   tries per webhook delivery before it is given up (default 6)
   VMSEAL_WEBHOOK_BACKOFF seconds before the first retry, doubled for each next one (default 60)
   VMSEAL_WEBHOOK_TIMEOUT seconds a receiver has to answer one POST (default 10)
+  VMSEAL_METRICS_ALLOW   comma-separated client addresses/networks that may GET /metrics without a token
+                         (default: none; a token of a user with metrics.view_metrics always may)
+  VMSEAL_METRICS_DIR     the web workers' counter files (prometheus_client multiprocess mode; default
+                         <data dir>/metrics, made 0700, emptied when gunicorn starts: vmseal/gunicorn_conf.py)
 """
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
 
+from metrics import multiproc
 from vmseal.private import private_dir
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -67,6 +75,7 @@ INSTALLED_APPS = [
     "sealing",
     "webhooks",
     "vms",
+    "metrics",
 ]
 
 MIDDLEWARE = [
@@ -107,7 +116,9 @@ if os.environ.get("VMSEAL_DB_ENGINE", "sqlite") == "postgresql":
             "HOST": os.environ.get("VMSEAL_DB_HOST", "127.0.0.1"),
             "PORT": os.environ.get("VMSEAL_DB_PORT", "5432"),
             "CONN_MAX_AGE": int(os.environ.get("VMSEAL_DB_CONN_MAX_AGE", "60")),
-            "CONN_HEALTH_CHECKS": True,
+            # a kept connection is checked (SELECT 1) before a request's first query: a restarted PostgreSQL
+            # costs no failed request; VMSEAL_DB_CONN_HEALTH_CHECKS=0 saves that round trip per request
+            "CONN_HEALTH_CHECKS": os.environ.get("VMSEAL_DB_CONN_HEALTH_CHECKS", "1") != "0",
             # one test database per test session (app processes started by the tests get its name)
             "TEST": {"NAME": f"test_vmseal_{os.getpid()}"},
         }
@@ -117,6 +128,9 @@ else:
         "default": {
             "ENGINE": "vmseal.private_sqlite3",  # Django's, with the file (and so -wal/-shm) made 0600
             "NAME": os.environ.get("VMSEAL_DB_NAME", str(DATA_DIR / "vmseal.sqlite3")),
+            # kept open across requests, as PostgreSQL's: opening one (and its PRAGMAs) cost a third of a
+            # list page's time
+            "CONN_MAX_AGE": int(os.environ.get("VMSEAL_DB_CONN_MAX_AGE", "60")),
             # The web process and the qcluster workers share the file: WAL, a busy timeout and
             # IMMEDIATE transactions keep concurrent writers from failing with "database is locked".
             "OPTIONS": {
@@ -227,3 +241,11 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"vmseal": {"handlers": ["console"], "level": os.environ.get("VMSEAL_LOG_LEVEL", "INFO")}},
 }
+
+# GET /metrics (metrics/): who may read it without a token, and where the web workers' counters are kept.
+# PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is first imported (here, before any app).
+VMSEAL_METRICS_ALLOW = [n.strip() for n in os.environ.get("VMSEAL_METRICS_ALLOW", "").split(",") if n.strip()]
+for _net in VMSEAL_METRICS_ALLOW:
+    ipaddress.ip_network(_net, strict=False)  # a typo refuses to start, never silently allows nobody/anybody
+VMSEAL_METRICS_DIR = private_dir(multiproc.directory(), parents=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(VMSEAL_METRICS_DIR)
