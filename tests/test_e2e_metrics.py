@@ -78,7 +78,8 @@ def sealed(test_host, qcluster, callback_server, django_db_blocker):
         nobody = Token.objects.create(user=user_with("e2m-nobody")).key
         r = api.post("/api/hosts/", {"name": HOST, "address": test_host.address, "ssh_user": "root",
                                      "host_key": test_host.host_key, "guestfs_backend_settings": "force_tcg",
-                                     "max_parallel_seals": 1}, format="json")
+                                     "max_parallel_seals": 1, "pool_path": "/var/lib/vmseal/metrics",
+                                     "vm_pool_path": "/var/lib/vmseal/metrics-vms"}, format="json")
         assert r.status_code == 201, r.content
         host_id = r.json()["id"]
         call_command("host_install", HOST)

@@ -354,9 +354,16 @@ def test_read_endpoints_conform_to_the_schema(run, callback_server):
     [made] = wait_jobs(_Api(base, auth), [r.json()["id"]], timeout=300).values()
     assert made["status"] == "done", made["error"]
     vm = requests.get(f"{base}/api/vms/?name=schema-vm", headers=auth, timeout=30).json()["results"][0]
+    r = requests.post(f"{base}/api/webhooks/", json={"name": "schema-hook", "url": "http://10.211.0.1:9/hook",
+                                                      "events": ["template.ok"], "secret": "s" * 24},
+                      headers=auth, timeout=30)
+    assert r.status_code == 201, r.text[:500]
+    hook = r.json()
+    event = requests.get(f"{base}/api/events/", headers=auth, timeout=30).json()["results"][0]
     ids = {"/api/templates/{id}/": tpl["id"], "/api/hosts/{id}/": run["host_id"], "/api/jobs/{id}/": tpl["job"],
            "/api/hosts/{id}/vms/": run["host_id"], "/api/vms/{id}/": vm["id"],
-           "/api/volumes/{id}/": tpl["disks"][0]["volume"]["id"]}
+           "/api/volumes/{id}/": tpl["disks"][0]["volume"]["id"], "/api/events/{id}/": event["id"],
+           "/api/webhooks/{id}/": hook["id"], "/api/webhooks/{id}/deliveries/": hook["id"]}
     checked = []
     for result in schema.get_all_operations():
         op = result.ok()
@@ -369,7 +376,8 @@ def test_read_endpoints_conform_to_the_schema(run, callback_server):
         # tokens are refused is tested directly (test_api_auth).
         case.validate_response(response, excluded_checks=(ignored_auth,))
         checked.append(op.path)
-    assert len(checked) == 11, checked
+    assert len(checked) == 16, checked
+    assert requests.delete(f"{base}/api/webhooks/{hook['id']}/", headers=auth, timeout=30).status_code == 204
     r = requests.delete(f"{base}/api/vms/{vm['id']}/", headers=auth, timeout=30)
     assert r.status_code == 202, r.text[:500]
     [gone] = wait_jobs(_Api(base, auth), [r.json()["id"]], timeout=300).values()

@@ -107,7 +107,9 @@ def test_fuzzing_the_write_endpoints_gives_no_5xx_and_no_partial_rows(sec, djang
 
     from hostjobs.models import Host, HostJob, JobAction
     from templates.models import Template, TemplateDisk
+    from vms.models import Vm
     from volumes.models import Volume
+    from webhooks.models import Webhook
 
     # deep cases, not 429s: the throttle has its own test
     monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {"template_create": "100000/min"})
@@ -123,9 +125,19 @@ def test_fuzzing_the_write_endpoints_gives_no_5xx_and_no_partial_rows(sec, djang
         decoy_job = HostJob.create(quiet_host, JobAction.CREATE_TEMPLATE)
         decoy_job.start()
         decoy_job.end("done")
+        decoy_vm = Vm.objects.create(name="fuzz-decoy", host=quiet_host, status="ok", phase="DONE")
+        hook = "http://10.211.0.1:9/fuzz"  # every webhook the fuzzer makes points here: our bridge, nothing listens
+        decoy_hook = Webhook.objects.create(name="fuzz-decoy", url=hook, events=["template.ok"], secret="s" * 24)
+        hooks_before = set(Webhook.objects.exclude(pk=decoy_hook.pk).values_list("pk", flat=True))
+        vms_before = set(Vm.objects.values_list("pk", flat=True))
         hosts_before = set(Host.objects.values_list("pk", flat=True))
         pinned = {"/api/hosts/{id}/": decoy_host.pk, "/api/templates/{id}/": decoy_tpl.pk,
-                  "/api/jobs/{id}/cancel/": decoy_job.pk}
+                  "/api/jobs/{id}/cancel/": decoy_job.pk, "/api/vms/{id}/": decoy_vm.pk,
+                  "/api/webhooks/{id}/": decoy_hook.pk}
+        # bodies pinned where a fuzzed value would reach beyond this test: a VM only ever from the decoy
+        # template (it has no recorded hardware: refused before anything is made), a webhook only to `hook`
+        body_pins = {"/api/vms/": {"template": decoy_tpl.pk}, "/api/webhooks/": {"url": hook},
+                     "/api/webhooks/{id}/": {"url": hook}}
         schema = schemathesis.from_wsgi("/api/schema/?format=json", get_wsgi_application(), headers=headers)
         ops = [r.ok() for r in schema.get_all_operations()]
         writes = [op for op in ops if op.method.upper() in ("POST", "PUT", "PATCH", "DELETE")]
@@ -140,6 +152,8 @@ def test_fuzzing_the_write_endpoints_gives_no_5xx_and_no_partial_rows(sec, djang
             strategy = op.as_strategy()
             if op.path in pinned:
                 strategy = strategy.map(lambda case: _pin(case, pinned[op.path]))
+            if op.path in body_pins:
+                strategy = strategy.map(lambda case: _pin_body(case, body_pins[op.path]))
 
             @settings(max_examples=40, deadline=None, database=None, derandomize=True,
                       suppress_health_check=list(HealthCheck))
@@ -160,7 +174,8 @@ def test_fuzzing_the_write_endpoints_gives_no_5xx_and_no_partial_rows(sec, djang
         print("fuzzed:", json.dumps(summary))
         assert sum(tried.values()) >= 100
         assert {"POST /api/templates/", "POST /api/hosts/", "DELETE /api/templates/{id}/",
-                "POST /api/jobs/{id}/cancel/"} <= set(tried)
+                "POST /api/jobs/{id}/cancel/", "POST /api/vms/", "DELETE /api/vms/{id}/", "POST /api/webhooks/",
+                "PATCH /api/webhooks/{id}/"} <= set(tried)
         # no partial rows
         assert Template.objects.exclude(pk=decoy_tpl.pk).count() == templates_before, "no fuzzed request " \
             "named an existing VM"
@@ -169,12 +184,21 @@ def test_fuzzing_the_write_endpoints_gives_no_5xx_and_no_partial_rows(sec, djang
         assert not Volume.objects.filter(disk__isnull=True, host__in=Host.objects.exclude(pk__in=hosts_before)).exists()
         assert not HostJob.objects.filter(action="create_template", status="pending",
                                           template__isnull=True).exists()
+        assert set(Vm.objects.values_list("pk", flat=True)) <= vms_before, "no fuzzed request made a VM"
+        assert set(Webhook.objects.exclude(url=hook).values_list("pk", flat=True)) <= hooks_before
+        Webhook.objects.exclude(pk__in=hooks_before).delete()
         Host.objects.exclude(pk__in=hosts_before).delete()
         decoy_host.delete()
 
 
 def _pin(case, pk):
     case.path_parameters = {**(case.path_parameters or {}), "id": pk}
+    return case
+
+
+def _pin_body(case, values):
+    if isinstance(case.body, dict):
+        case.body = {**case.body, **values}
     return case
 
 

@@ -28,7 +28,8 @@ from tests.utils.jobs import wait_jobs
 pytestmark = [pytest.mark.e2e, pytest.mark.boot]
 
 IMAGES = "/var/lib/libvirt/images"
-POOL = "/var/lib/vmseal/templates"
+POOL = "/var/lib/vmseal/boot"  # this module's own pools on the shared test host
+VM_POOL = "/var/lib/vmseal/boot-vms"
 VMS = {  # name -> (template, clone, hostname asked for, or None for the default: the name)
     "deb-thin-1": ("plain", "thin", None),
     "deb-thin-2": ("plain", "thin", "web-02"),
@@ -74,14 +75,14 @@ def fleet(test_host, qcluster, callback_server, django_db_blocker, debian_guest,
     keys = {name: _key_pair(tmp_path_factory.mktemp("keys"), name) for name in VMS}
     with django_db_blocker.unblock():
         _user, api = superuser_api("booter")
-        host = add_host(api, th, "bootfleet", POOL)
+        host = add_host(api, th, "bootfleet", POOL, vm_pool_path=VM_POOL)
         try:
             for variant, g in guests.items():
                 _define_source(th, f"src-{variant}", g)
             started = time.monotonic()
             jobs = {}
             for variant in guests:  # both seals at once (two appliances)
-                r = api.post("/api/templates/", {"name": f"tpl-{variant}", "vm": f"src-{variant}", "seal": True,
+                r = api.post("/api/templates/", {"name": f"boot-{variant}", "vm": f"src-{variant}", "seal": True,
                                                  "host": host.pk}, format="json")
                 assert r.status_code == 202, r.content
                 jobs[variant] = r.json()["id"]
