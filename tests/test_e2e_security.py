@@ -125,7 +125,9 @@ def test_fuzzing_the_write_endpoints_gives_no_5xx_and_no_partial_rows(sec, djang
         decoy_job = HostJob.create(quiet_host, JobAction.CREATE_TEMPLATE)
         decoy_job.start()
         decoy_job.end("done")
-        decoy_vm = Vm.objects.create(name="fuzz-decoy", host=quiet_host, status="ok", phase="DONE")
+        # a VM row of no domain on the real test host: a delete asks the host for its state, finds no
+        # domain and deletes nothing of anyone's (it has no volumes)
+        decoy_vm = Vm.objects.create(name="fuzz-decoy-vm", host=sec["host"], status="ok", phase="DONE")
         hook = "http://10.211.0.1:9/fuzz"  # every webhook the fuzzer makes points here: our bridge, nothing listens
         decoy_hook = Webhook.objects.create(name="fuzz-decoy", url=hook, events=["template.ok"], secret="s" * 24)
         hooks_before = set(Webhook.objects.exclude(pk=decoy_hook.pk).values_list("pk", flat=True))
@@ -187,6 +189,7 @@ def test_fuzzing_the_write_endpoints_gives_no_5xx_and_no_partial_rows(sec, djang
         assert set(Vm.objects.values_list("pk", flat=True)) <= vms_before, "no fuzzed request made a VM"
         assert set(Webhook.objects.exclude(url=hook).values_list("pk", flat=True)) <= hooks_before
         Webhook.objects.exclude(pk__in=hooks_before).delete()
+        Vm.objects.filter(pk=decoy_vm.pk).delete()
         Host.objects.exclude(pk__in=hosts_before).delete()
         decoy_host.delete()
 

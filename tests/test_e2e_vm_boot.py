@@ -108,8 +108,9 @@ def fleet(test_host, qcluster, callback_server, django_db_blocker, debian_guest,
             create_s = round(time.monotonic() - started, 1)
             for name, jid in vm_jobs.items():
                 assert ended[jid]["status"] == "done", (name, _failure(api, ended[jid]))
-            vms = {v["name"]: v for v in api.get("/api/vms/?page_size=50").json()["results"]}
-            rows = {vm.name: vm for vm in Vm.objects.all()}
+            vms = {v["name"]: v for v in api.get(f"/api/vms/?host={host.pk}&page_size=50").json()["results"]}
+            assert set(vms) == set(VMS), vms
+            rows = {vm.name: vm for vm in Vm.objects.filter(host=host)}
             parents = {name: [d.volume.parent_id for d in vm.disks.select_related("volume")]
                        for name, vm in rows.items()}
             probes, consoles = {}, {}
@@ -129,8 +130,8 @@ def fleet(test_host, qcluster, callback_server, django_db_blocker, debian_guest,
                 assert r.status_code == 202, r.content
                 del_jobs[name] = r.json()["id"]
             deleted = wait_jobs(api, del_jobs.values(), timeout=300)
-            yield {"th": th, "api": api, "templates": templates, "vms": vms, "rows": rows, "probes": probes,
-                   "consoles": consoles, "keys": keys, "guests": guests, "states": states,
+            yield {"th": th, "api": api, "host_id": host.pk, "templates": templates, "vms": vms, "rows": rows,
+                   "probes": probes, "consoles": consoles, "keys": keys, "guests": guests, "states": states,
                    "parents": parents, "sha_before": sha_before, "sha_after": th.sha256(tpaths),
                    "deleted": {name: deleted[jid] for name, jid in del_jobs.items()},
                    "domains_after": set(th.virsh("list", "--all", "--name").stdout.split()),
@@ -138,7 +139,7 @@ def fleet(test_host, qcluster, callback_server, django_db_blocker, debian_guest,
         finally:
             for name in VMS:
                 boot.destroy(th, name)
-            for vm in Vm.objects.all():
+            for vm in Vm.objects.filter(host=host):
                 api.delete(f"/api/vms/{vm.pk}/?force=true")
             for variant in guests:
                 th.virsh("undefine", f"src-{variant}", check=False)
@@ -222,5 +223,5 @@ def test_deleting_the_running_vms_with_force_removed_their_domains(fleet):
     for name, job in fleet["deleted"].items():
         assert job["status"] == "done", (name, job["error"])
     assert not set(VMS) & fleet["domains_after"]
-    r = fleet["api"].get("/api/vms/")
+    r = fleet["api"].get(f"/api/vms/?host={fleet['host_id']}")
     assert r.json()["count"] == 0

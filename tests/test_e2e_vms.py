@@ -70,10 +70,10 @@ def vmrun(test_host, qcluster, callback_server, django_db_blocker):
                 jobs[name] = r.json()["id"]
             ended = wait_jobs(api, jobs.values(), timeout=600)
             out["jobs"] = {name: ended[jid] for name, jid in jobs.items()}
-            out["vms"] = {v["name"]: v for v in api.get("/api/vms/").json()["results"]}
-            out["vm_rows"] = {vm.name: vm for vm in Vm.objects.all()}
+            out["vms"] = {v["name"]: v for v in api.get(f"/api/vms/?host={host.pk}").json()["results"]}
+            out["vm_rows"] = {vm.name: vm for vm in Vm.objects.filter(host=host)}
             out["volumes"] = {
-                vm.name: [Volume.objects.get(pk=d.volume_id) for d in vm.disks.all()] for vm in Vm.objects.all()}
+                vm.name: [Volume.objects.get(pk=d.volume_id) for d in vm.disks.all()] for vm in Vm.objects.filter(host=host)}
             out["qemu"] = {name: [_img(th, v.path) for v in vols] for name, vols in out["volumes"].items()}
             out["vm_pool"] = _files(th, VM_POOL)
             out["console_mode"] = th.exec("stat", "-c", "%a", "/var/lib/vmseal/console").stdout.strip()
@@ -117,7 +117,7 @@ def vmrun(test_host, qcluster, callback_server, django_db_blocker):
             out["sha_after"] = th.sha256(tpaths)
             yield out
         finally:
-            for vm in Vm.objects.all():
+            for vm in Vm.objects.filter(host=host):
                 api.delete(f"/api/vms/{vm.pk}/?force=true")
             transport.close(host)
 

@@ -2,6 +2,7 @@
 ``GET /api/webhooks/<id>/deliveries/`` (paginated). The secret is write-only: no answer ever has it."""
 
 from rest_framework import permissions, serializers, viewsets
+from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import action
 
 from webhooks.models import Delivery, Webhook
@@ -39,6 +40,7 @@ class WebhookViewSet(viewsets.ModelViewSet):
     filterset_fields = ["name", "active"]
     ordering_fields = ["name", "created"]
 
+    @extend_schema(responses=DeliverySerializer(many=True))  # a page of deliveries (the schema shows the page)
     @action(detail=True, methods=["get"], serializer_class=DeliverySerializer, filter_backends=[])
     def deliveries(self, request, pk=None):
         hook = self.get_object()
