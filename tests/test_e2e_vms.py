@@ -73,7 +73,8 @@ def vmrun(test_host, qcluster, callback_server, django_db_blocker):
             out["vms"] = {v["name"]: v for v in api.get(f"/api/vms/?host={host.pk}").json()["results"]}
             out["vm_rows"] = {vm.name: vm for vm in Vm.objects.filter(host=host)}
             out["volumes"] = {
-                vm.name: [Volume.objects.get(pk=d.volume_id) for d in vm.disks.all()] for vm in Vm.objects.filter(host=host)}
+                vm.name: [Volume.objects.get(pk=d.volume_id) for d in vm.disks.all()]
+                for vm in Vm.objects.filter(host=host)}
             out["qemu"] = {name: [_img(th, v.path) for v in vols] for name, vols in out["volumes"].items()}
             out["vm_pool"] = _files(th, VM_POOL)
             out["console_mode"] = th.exec("stat", "-c", "%a", "/var/lib/vmseal/console").stdout.strip()

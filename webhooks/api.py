@@ -1,8 +1,8 @@
 """``/api/webhooks/``: registering webhooks (the model's permissions, reads included), and
 ``GET /api/webhooks/<id>/deliveries/`` (paginated). The secret is write-only: no answer ever has it."""
 
-from rest_framework import permissions, serializers, viewsets
 from drf_spectacular.utils import extend_schema
+from rest_framework import permissions, serializers, viewsets
 from rest_framework.decorators import action
 
 from webhooks.models import Delivery, Webhook
