@@ -138,7 +138,6 @@ def test_the_counts_move_as_the_job_goes(sealed):
     sealing = [s for s in during if v(s, "vmseal_jobs_running", kind="virt", action="seal") == 1]
     assert sealing, "a scrape saw the seal running"
     assert all(v(s, "vmseal_seal_slots_in_use", host=HOST) == 1 for s in sealing)
-    assert any(v(s, "vmseal_jobs_running", kind="storage", action="copy") >= 1 for s in during), "and the copy"
     # the order: the copy finished before the seal started, the seal before the template was ok
     first_seal = next(i for i, s in enumerate(during) if v(s, "vmseal_jobs_running", kind="virt", action="seal"))
     assert v(during[first_seal], "vmseal_job_duration_seconds_count", kind="storage", action="copy", status="done") \

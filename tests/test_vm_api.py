@@ -241,3 +241,16 @@ def test_delete_running_is_409_unless_forced_and_a_backing_template_is_409(api, 
     assert not Vm.objects.exists()
     assert not fake.domains
     assert api.delete(f"/api/templates/{template.pk}/").status_code == 202, "no VM backed by it any more"
+
+
+def test_a_request_must_name_a_template_and_an_answer_may_show_none(api, fake, template):
+    """``template`` is nullable in answers (a full clone whose template was deleted), never in requests."""
+    from vms.models import Vm
+
+    before = state()
+    r = api.post("/api/vms/", {**body(template), "template": None}, format="json")
+    assert r.status_code == 400, r.content
+    assert "template" in r.json()
+    assert state() == before
+    vm = Vm.objects.create(name="orphan-1", host=template.host, clone="full", status="ok", phase="DONE")
+    assert api.get(f"/api/vms/{vm.pk}/").json()["template"] is None

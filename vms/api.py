@@ -52,7 +52,9 @@ class VmDiskSerializer(serializers.ModelSerializer):
 
 
 class VmSerializer(serializers.ModelSerializer):
-    template = serializers.PrimaryKeyRelatedField(queryset=Template.objects.all())
+    # null in an answer once a full clone's template was deleted; a request must name one
+    template = serializers.PrimaryKeyRelatedField(queryset=Template.objects.all(), allow_null=True,
+                                                  help_text="the template; null once a full clone's was deleted")
     host = serializers.PrimaryKeyRelatedField(queryset=Host.objects.all(), required=False,
                                               help_text="default: the template's host")
     clone = serializers.ChoiceField(choices=Clone.choices, default=Clone.THIN)
@@ -68,6 +70,11 @@ class VmSerializer(serializers.ModelSerializer):
                             "identity_appliance", "error", "job", "created", "updated"]
         extra_kwargs = {"name": {"validators": []}}  # the model's own, once, in validate()
         validators = []  # (host, name) is the service's check: host is optional here
+
+    def validate_template(self, value):
+        if value is None:
+            raise serializers.ValidationError("This field may not be null.")
+        return value
 
     def validate(self, data):
         """The model's validation (``Vm.full_clean``), the same as the admin's and the CLI's; its errors
