@@ -6,10 +6,8 @@ conditional UPDATE that refuses a move its row is not in a state for (``template
 tables); assigning either attribute raises. The ``phase`` is persisted so a restarted worker resumes
 the flow where it stopped."""
 
-import contextlib
 
 from django.db import models
-from django.utils import timezone
 
 from hostjobs.errors import InvalidTransition
 from hostjobs.models import Host, HostJob
@@ -29,7 +27,8 @@ class TemplateQuerySet(models.QuerySet):
         )
 
 
-class Template(models.Model):
+class Template(states.GuardedState, models.Model):
+    state_label, state_moves = "template", states.MOVES
     name = models.CharField(max_length=128, unique=True)
     description = models.TextField(blank=True, default="")
     host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="templates")
@@ -71,50 +70,7 @@ class Template(models.Model):
     def __str__(self):
         return self.name
 
-    # -- guarded transitions (templates.states) ----------------------------------------------------------
-    @contextlib.contextmanager
-    def _writing_state(self):
-        self.__dict__[states.WRITING] = True
-        try:
-            yield
-        finally:
-            self.__dict__.pop(states.WRITING, None)
-
-    def refresh_from_db(self, *args, **kwargs):
-        with self._writing_state():
-            super().refresh_from_db(*args, **kwargs)
-
-    def allows(self, move: str) -> bool:
-        """Whether ``move`` is allowed from this instance's (status, phase)."""
-        return (self.status, self.phase) in states.MOVES[move][0]
-
-    def _move(self, move: str, *, status: str | None = None, phase: str | None = None, **fields) -> None:
-        """Move to (status, phase) if the stored row is where ``move`` is allowed from, and write
-        ``fields`` with it. The conditional UPDATE makes the check and the write one step, so two
-        workers cannot both move the same template; the loser raises InvalidTransition and writes nothing."""
-        old = (self.status, self.phase)
-        new = (status or old[0], phase or old[1])
-        if not self.allows(move):
-            allowed = ", ".join(sorted(f"{s}/{p}" for s, p in states.MOVES[move][0]))
-            raise InvalidTransition(f"template {self.pk} ({self.name}): {move} is not allowed from "
-                                    f"{old[0]}/{old[1]} (only from {allowed})")
-        try:
-            states.check_tables(old, new)
-        except InvalidTransition as e:
-            raise InvalidTransition(f"template {self.pk} ({self.name}): {move}: {e}") from None
-        fields["updated"] = timezone.now()
-        if not Template.objects.filter(pk=self.pk, status=old[0], phase=old[1]).update(
-                status=new[0], phase=new[1], **fields):
-            try:
-                self.refresh_from_db(fields=["status", "phase"])
-            except Template.DoesNotExist:
-                raise InvalidTransition(f"template {self.pk} ({self.name}): {move}: removed meanwhile") from None
-            raise InvalidTransition(f"template {self.pk} ({self.name}): {move}: it moved to "
-                                    f"{self.status}/{self.phase} meanwhile")
-        with self._writing_state():
-            self.status, self.phase = new
-        for k, v in fields.items():
-            setattr(self, k, v)
+    # -- guarded transitions (templates.states.GuardedState, this module's tables) ----------------------
 
     @staticmethod
     def _findings(found: dict) -> dict:

@@ -26,6 +26,8 @@ A delete moves the status only; the phase (DONE, or CLEANUP_FAILED) stays what i
 The removal of the row (rollback or delete done) is not a move: the row is gone.
 """
 
+import contextlib
+
 from django.db import models
 from django.db.models.query_utils import DeferredAttribute
 
@@ -142,3 +144,61 @@ class StateField(models.CharField):
     def deconstruct(self):
         name, _, args, kwargs = super().deconstruct()
         return name, "django.db.models.CharField", args, kwargs
+
+
+class GuardedState:
+    """A model whose ``status`` and ``phase`` move only by ``_move`` (a conditional UPDATE checked against
+    its MOVES and tables); Template and Vm share it. Subclasses set ``state_label`` ("template", "VM"),
+    ``state_moves`` and, for other tables than this module's, ``state_tables`` (status, phase)."""
+
+    state_label = "row"
+    state_moves: dict = {}
+    state_tables: tuple = (None, None)
+
+    @contextlib.contextmanager
+    def _writing_state(self):
+        self.__dict__[WRITING] = True
+        try:
+            yield
+        finally:
+            self.__dict__.pop(WRITING, None)
+
+    def refresh_from_db(self, *args, **kwargs):
+        with self._writing_state():
+            super().refresh_from_db(*args, **kwargs)
+
+    def allows(self, move: str) -> bool:
+        """Whether ``move`` is allowed from this instance's (status, phase)."""
+        return (self.status, self.phase) in self.state_moves[move][0]
+
+    def _move(self, move: str, *, status: str | None = None, phase: str | None = None, **fields) -> None:
+        """Move to (status, phase) if the stored row is where ``move`` is allowed from, and write
+        ``fields`` with it. The conditional UPDATE makes the check and the write one step, so two
+        workers cannot both move the same row; the loser raises InvalidTransition and writes nothing."""
+        from django.utils import timezone
+
+        from hostjobs.errors import InvalidTransition
+
+        who = f"{self.state_label} {self.pk} ({self.name})"
+        old = (self.status, self.phase)
+        new = (status or old[0], phase or old[1])
+        if not self.allows(move):
+            allowed = ", ".join(sorted(f"{s}/{p}" for s, p in self.state_moves[move][0]))
+            raise InvalidTransition(f"{who}: {move} is not allowed from {old[0]}/{old[1]} (only from {allowed})")
+        try:
+            check_tables(old, new, *self.state_tables)
+        except InvalidTransition as e:
+            raise InvalidTransition(f"{who}: {move}: {e}") from None
+        fields["updated"] = timezone.now()
+        model = type(self)
+        if not model.objects.filter(pk=self.pk, status=old[0], phase=old[1]).update(
+                status=new[0], phase=new[1], **fields):
+            try:
+                self.refresh_from_db(fields=["status", "phase"])
+            except model.DoesNotExist:
+                raise InvalidTransition(f"{who}: {move}: removed meanwhile") from None
+            raise InvalidTransition(f"{who}: {move}: it moved to {self.status}/{self.phase} meanwhile")
+        with self._writing_state():
+            self.status, self.phase = new
+        for k, v in fields.items():
+            setattr(self, k, v)

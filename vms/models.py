@@ -7,12 +7,10 @@ each one conditional UPDATE; assigning either attribute raises. The root passwor
 it is kept only until the VM's seed (and, where needed, its disks) carry it, then cleared
 (``root_password_set`` remembers that one was given); it never appears in API answers or logs."""
 
-import contextlib
 import uuid
 
 from django.core.exceptions import ValidationError
 from django.db import models
-from django.utils import timezone
 
 from hostjobs.errors import InvalidTransition
 from hostjobs.models import Host, HostJob
@@ -28,7 +26,9 @@ class Clone(models.TextChoices):
     FULL = "full", "Full (an independent copy)"
 
 
-class Vm(models.Model):
+class Vm(template_states.GuardedState, models.Model):
+    state_label, state_moves = "VM", states.MOVES
+    state_tables = (states.STATUS_TRANSITIONS, states.PHASE_TRANSITIONS)
     name = models.CharField(max_length=63, validators=[validators.validate_vm_name],
                             help_text="the libvirt domain's name on the host")
     # SET_NULL: a template is deleted only when no VM's volume has one of its volumes as parent (thin VMs
@@ -88,48 +88,7 @@ class Vm(models.Model):
     def seed_path(self) -> str:
         return f"{self.host.vm_pool_path}/{self.uuid}.seed.iso"
 
-    # -- guarded transitions (vms.states) -----------------------------------------------------------------
-    @contextlib.contextmanager
-    def _writing_state(self):
-        self.__dict__[template_states.WRITING] = True
-        try:
-            yield
-        finally:
-            self.__dict__.pop(template_states.WRITING, None)
-
-    def refresh_from_db(self, *args, **kwargs):
-        with self._writing_state():
-            super().refresh_from_db(*args, **kwargs)
-
-    def allows(self, move: str) -> bool:
-        return (self.status, self.phase) in states.MOVES[move][0]
-
-    def _move(self, move: str, *, status: str | None = None, phase: str | None = None, **fields) -> None:
-        """Move to (status, phase) if the stored row is where ``move`` is allowed from, writing ``fields``
-        with it, in one conditional UPDATE (the loser of a race raises InvalidTransition, writes nothing)."""
-        old = (self.status, self.phase)
-        new = (status or old[0], phase or old[1])
-        if not self.allows(move):
-            allowed = ", ".join(sorted(f"{s}/{p}" for s, p in states.MOVES[move][0]))
-            raise InvalidTransition(f"VM {self.pk} ({self.name}): {move} is not allowed from {old[0]}/{old[1]} "
-                                    f"(only from {allowed})")
-        try:
-            template_states.check_tables(old, new, states.STATUS_TRANSITIONS, states.PHASE_TRANSITIONS)
-        except InvalidTransition as e:
-            raise InvalidTransition(f"VM {self.pk} ({self.name}): {move}: {e}") from None
-        fields["updated"] = timezone.now()
-        if not Vm.objects.filter(pk=self.pk, status=old[0], phase=old[1]).update(status=new[0], phase=new[1],
-                                                                                **fields):
-            try:
-                self.refresh_from_db(fields=["status", "phase"])
-            except Vm.DoesNotExist:
-                raise InvalidTransition(f"VM {self.pk} ({self.name}): {move}: removed meanwhile") from None
-            raise InvalidTransition(f"VM {self.pk} ({self.name}): {move}: it moved to {self.status}/{self.phase} "
-                                    "meanwhile")
-        with self._writing_state():
-            self.status, self.phase = new
-        for k, v in fields.items():
-            setattr(self, k, v)
+    # -- guarded transitions (templates.states.GuardedState, vms.states' tables) ------------------------
 
     @staticmethod
     def _findings(found: dict) -> dict:
